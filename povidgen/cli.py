@@ -1,0 +1,221 @@
+"""The ``povidgen`` command line: ``build`` pairs, ``preview`` them.
+
+The library logs and never prints; this module is where progress bars and summaries live.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+from tqdm import tqdm
+
+from povidgen import __version__
+from povidgen.distort.base import Distorter
+from povidgen.errors import PovidgenError
+from povidgen.pairs.builder import PairBuilder
+from povidgen.registry import (
+    available_distorters,
+    available_hallucinators,
+    get_distorter,
+    get_hallucinator,
+)
+
+__all__ = ["main"]
+
+logger = logging.getLogger("povidgen")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit code (0 ok, 1 no pairs built, 2 bad input)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        code: int = args.run(args)
+    except PovidgenError as error:
+        print(f"povidgen: error: {error}", file=sys.stderr)
+        return 2
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="povidgen", description="Make POVID-style preference pairs for vision-language models."
+    )
+    parser.add_argument("--version", action="version", version=f"povidgen {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every failed row")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    build = commands.add_parser("build", help="build preference pairs from a dataset")
+    source = build.add_mutually_exclusive_group(required=True)
+    source.add_argument("--demo", action="store_true", help="use the bundled synthetic scenes")
+    source.add_argument(
+        "--dataset",
+        type=Path,
+        metavar="PATH",
+        help="a save_to_disk folder, a .parquet/.jsonl file, or a LLaVA-style .json file",
+    )
+    build.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
+    build.add_argument("--image-column", default="image", metavar="C")
+    build.add_argument("--prompt-column", default="prompt", metavar="C")
+    build.add_argument("--answer-column", default="answer", metavar="C")
+    build.add_argument(
+        "--id-column", default=None, metavar="C", help="row ids (default: 'id' for LLaVA files)"
+    )
+    build.add_argument(
+        "--image-folder",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="where relative image paths point (default: the dataset file's folder)",
+    )
+    build.add_argument("--split", default=None, help="the split of a saved DatasetDict")
+    build.add_argument("--seed", type=int, default=0, metavar="N")
+    build.add_argument("--limit", type=int, default=None, metavar="N", help="first N rows only")
+    build.add_argument(
+        "--hallucinator",
+        default="rule",
+        metavar="NAME",
+        help=f"registered hallucinator (installed: {', '.join(available_hallucinators())})",
+    )
+    build.add_argument(
+        "--distorter",
+        default="diffusion",
+        metavar="NAME",
+        help=f"registered distorter, or 'none' (installed: {', '.join(available_distorters())})",
+    )
+    build.add_argument("--noise-step", type=int, default=500, metavar="T")
+    build.add_argument("--overflow", choices=["clamp", "wrap"], default="clamp")
+    build.add_argument("--demo-size", type=int, default=64, metavar="N")
+    build.add_argument("--concurrency", type=int, default=8, metavar="N")
+    build.add_argument(
+        "--overwrite", action="store_true", help="replace an existing povidgen output folder"
+    )
+    build.set_defaults(run=_build)
+
+    preview = commands.add_parser("preview", help="draw a contact sheet of built pairs")
+    preview.add_argument("pairs", type=Path, metavar="DIR", help="a folder written by build")
+    preview.add_argument("--out", type=Path, required=True, metavar="FILE.png")
+    preview.add_argument("-n", type=int, default=6, help="how many pairs (default 6)")
+    preview.set_defaults(run=_preview)
+    return parser
+
+
+def _build(args: argparse.Namespace) -> int:
+    _check_output_folder(args.out, overwrite=args.overwrite)
+    if args.demo:
+        from povidgen.sources.demo import demo_dataset
+
+        dataset = demo_dataset(n=args.demo_size, seed=args.seed)
+        image_column, prompt_column, answer_column, id_column = "image", "question", "answer", "id"
+        image_folder = None
+    else:
+        from povidgen.sources.files import load_examples_file
+
+        dataset = load_examples_file(args.dataset, split=args.split)
+        image_column, prompt_column = args.image_column, args.prompt_column
+        answer_column, id_column = args.answer_column, args.id_column
+        if id_column is None and "conversations" in dataset.column_names:
+            id_column = "id"
+        image_folder = args.image_folder
+        if image_folder is None:
+            image_folder = args.dataset if args.dataset.is_dir() else args.dataset.parent
+    if args.limit is not None:
+        dataset = dataset.select(range(min(args.limit, len(dataset))))
+
+    distorter: Distorter | None = None
+    if args.distorter != "none":
+        options = {"step": args.noise_step, "overflow": args.overflow}
+        distorter = get_distorter(
+            args.distorter, **(options if args.distorter == "diffusion" else {})
+        )
+    builder = PairBuilder.from_dataset(
+        dataset,
+        hallucinator=get_hallucinator(args.hallucinator),
+        distorter=distorter,
+        image_column=image_column,
+        prompt_column=prompt_column,
+        answer_column=answer_column,
+        id_column=id_column,
+        seed=args.seed,
+        image_folder=image_folder,
+        concurrency=args.concurrency,
+    )
+    with tqdm(total=len(dataset), unit="row", desc="building pairs") as bar:
+        pairs = builder.build(progress=bar.update)
+    _write(args.out, pairs, builder)
+    report = builder.report
+    print(f"rows read:    {report.rows}")
+    print(f"pairs built:  {report.pairs}")
+    print(f"rows failed:  {report.failed}")
+    for stage, count in sorted(report.errors_by_stage.items()):
+        reasons = sorted({e.reason for e in builder.errors if e.stage == stage})
+        shown = "; ".join(reasons[:3]) + (
+            f"; and {len(reasons) - 3} more" if len(reasons) > 3 else ""
+        )
+        print(f"  {stage}: {count} ({shown})")
+    print(f"time taken:   {report.seconds:.1f}s")
+    print(f"written to:   {args.out} (errors in {args.out / 'errors.jsonl'})")
+    return 0 if report.pairs else 1
+
+
+def _check_output_folder(out: Path, *, overwrite: bool) -> None:
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not overwrite:
+        raise PovidgenError(f"{out} exists and is not empty; pass --overwrite to replace it")
+    if not (out / "dataset_info.json").exists():
+        raise PovidgenError(
+            f"{out} is not a povidgen output folder; refusing to overwrite it with --overwrite"
+        )
+
+
+def _write(out: Path, pairs: datasets.Dataset, builder: PairBuilder) -> None:
+    """Write into a sibling temporary folder, then swap it in, so a crash never leaves a
+    half-written dataset where a good one was."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        pairs.save_to_disk(str(staging))
+        with (staging / "errors.jsonl").open("w", encoding="utf-8") as handle:
+            for error in builder.errors:
+                handle.write(json.dumps(error.model_dump(), ensure_ascii=False) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _preview(args: argparse.Namespace) -> int:
+    from povidgen.errors import DatasetFormatError
+    from povidgen.preview import save_preview
+
+    try:
+        pairs = datasets.load_from_disk(str(args.pairs))
+    except FileNotFoundError as error:
+        raise DatasetFormatError(f"{args.pairs} is not a pairs folder: {error}") from error
+    if not isinstance(pairs, datasets.Dataset):
+        raise DatasetFormatError(f"{args.pairs} holds several splits, not one pairs dataset")
+    try:
+        path = save_preview(pairs, args.out, n=args.n)
+    except ValueError as error:
+        raise DatasetFormatError(str(error)) from error
+    print(f"preview written to {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

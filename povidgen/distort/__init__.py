@@ -1,0 +1,1 @@
+"""Image corruption: the Distorter interface and its built-ins."""

@@ -1,0 +1,83 @@
+"""The povidgen exception tree.
+
+Every error povidgen raises on purpose derives from :class:`PovidgenError`, so callers can catch
+one class. Input problems also derive from :class:`ValueError` so that generic code that already
+guards against bad values keeps working::
+
+    PovidgenError
+    ├── InputError (ValueError)             bad user input, found before or while reading rows
+    │   ├── MissingColumnError              a named column is not in the dataset
+    │   ├── DatasetFormatError              a dataset file or folder cannot be read
+    │   ├── ImageError                      an image is corrupt, missing or of an unusable mode
+    │   └── InvalidExampleError             an example has an empty prompt or answer, or a bad id
+    ├── HallucinationError                  a hallucinator could not corrupt an answer
+    ├── DistortionError                     a distorter could not corrupt an image
+    └── PluginError                         no hallucinator / distorter registered under a name
+
+Row-level failures during :meth:`povidgen.PairBuilder.build` are not raised: they become
+:class:`povidgen.RowError` records, and the run goes on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "DatasetFormatError",
+    "DistortionError",
+    "HallucinationError",
+    "ImageError",
+    "InputError",
+    "InvalidExampleError",
+    "MissingColumnError",
+    "PluginError",
+    "PovidgenError",
+]
+
+
+class PovidgenError(Exception):
+    """Base class of every error povidgen raises on purpose."""
+
+
+class InputError(PovidgenError, ValueError):
+    """The user's input (dataset, file, image, example) cannot be used."""
+
+
+class MissingColumnError(InputError):
+    """A column named by the caller is not in the dataset.
+
+    The message names the missing column and lists the columns that exist.
+    """
+
+    def __init__(self, role: str, column: str, available: Iterable[str]) -> None:
+        self.role = role
+        self.column = column
+        self.available = sorted(available)
+        listed = ", ".join(repr(c) for c in self.available) or "(none)"
+        super().__init__(
+            f"{role} column {column!r} is not in the dataset; the dataset has columns: {listed}"
+        )
+
+
+class DatasetFormatError(InputError):
+    """A dataset path cannot be read: unknown format, malformed file, or missing folder."""
+
+
+class ImageError(InputError):
+    """An image cannot be opened or converted: corrupt bytes, missing file, unusable mode."""
+
+
+class InvalidExampleError(InputError):
+    """An example is unusable: empty prompt or answer, empty id, duplicate id."""
+
+
+class HallucinationError(PovidgenError):
+    """A hallucinator could not produce a valid corrupted answer for an example."""
+
+
+class DistortionError(PovidgenError):
+    """A distorter could not corrupt an image (for example an unsupported image mode)."""
+
+
+class PluginError(PovidgenError, LookupError):
+    """No hallucinator or distorter is registered under the requested name."""

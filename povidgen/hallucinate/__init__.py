@@ -1,0 +1,1 @@
+"""Text corruption: the Hallucinator interface and its built-ins."""

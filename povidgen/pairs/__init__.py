@@ -1,0 +1,1 @@
+"""Assembling examples, hallucinations and distortions into preference pairs."""

@@ -1,0 +1,126 @@
+"""The published pair format: TRL's vision preference layout plus povidgen provenance.
+
+One row per pair::
+
+    id               string
+    images           [Image]                       the clean image (one)
+    prompt           [{"role": "user", "content": [{"type": "image", "text": null},
+                                                   {"type": "text",  "text": <prompt>}]}]
+    chosen           [{"role": "assistant", "content": [{"type": "text", "text": <answer>}]}]
+    rejected         [{"role": "assistant", "content": [{"type": "text", "text": <corrupted>}]}]
+    rejected_images  [Image]                       the distorted image (only with a distorter)
+    provenance       {hallucinator, hallucinator_params (JSON), distorter, distorter_params
+                      (JSON), seed, example_seed, edits: [{kind, original, injected, start, end}],
+                      povidgen_version}
+
+``prompt``/``chosen``/``rejected`` are conversational messages with typed content parts, which
+is what ``trl.DPOTrainer`` expects for vision data; ``edits[i].start:end`` index the rejected
+text.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from datasets import Features, Image, List, Value
+from PIL import Image as PILImage
+
+from povidgen.schema import PreferencePair
+
+__all__ = ["message_text", "pair_features", "pair_to_row"]
+
+_CONTENT = List({"type": Value("string"), "text": Value("string")})
+_MESSAGES = List({"role": Value("string"), "content": _CONTENT})
+_EDIT = {
+    "kind": Value("string"),
+    "original": Value("string"),
+    "injected": Value("string"),
+    "start": Value("int32"),
+    "end": Value("int32"),
+}
+_PROVENANCE = {
+    "hallucinator": Value("string"),
+    "hallucinator_params": Value("string"),
+    "distorter": Value("string"),
+    "distorter_params": Value("string"),
+    "seed": Value("int64"),
+    "example_seed": Value("int64"),
+    "edits": List(_EDIT),
+    "povidgen_version": Value("string"),
+}
+
+
+def pair_features(*, with_rejected_images: bool) -> Features:
+    """The ``datasets.Features`` of a pairs dataset, with or without ``rejected_images``."""
+    columns: dict[str, Any] = {
+        "id": Value("string"),
+        "images": List(Image()),
+        "prompt": _MESSAGES,
+        "chosen": _MESSAGES,
+        "rejected": _MESSAGES,
+    }
+    if with_rejected_images:
+        columns["rejected_images"] = List(Image())
+    columns["provenance"] = _PROVENANCE
+    return Features(columns)
+
+
+def pair_to_row(pair: PreferencePair, *, image_bytes: bytes | None = None) -> dict[str, Any]:
+    """One dataset row for ``pair``.
+
+    ``image_bytes``, when given, are stored for the clean image as they are (the source JPEG,
+    say) instead of re-encoding ``pair.image`` as PNG. The distorted image is always stored as
+    PNG, since lossy compression would change the noise.
+    """
+    provenance = pair.provenance
+    row: dict[str, Any] = {
+        "id": pair.id,
+        "images": [{"bytes": image_bytes or _png(pair.image), "path": None}],
+        "prompt": [
+            {
+                "role": "user",
+                "content": [{"type": "image", "text": None}, {"type": "text", "text": pair.prompt}],
+            }
+        ],
+        "chosen": _assistant(pair.chosen),
+        "rejected": _assistant(pair.rejected),
+    }
+    if pair.rejected_image is not None:
+        row["rejected_images"] = [{"bytes": _png(pair.rejected_image), "path": None}]
+    row["provenance"] = {
+        "hallucinator": provenance.hallucinator,
+        "hallucinator_params": json.dumps(provenance.hallucinator_params, sort_keys=True),
+        "distorter": provenance.distorter,
+        "distorter_params": (
+            None
+            if provenance.distorter_params is None
+            else json.dumps(provenance.distorter_params, sort_keys=True)
+        ),
+        "seed": provenance.seed,
+        "example_seed": provenance.example_seed,
+        "edits": [edit.model_dump(mode="json") for edit in provenance.edits],
+        "povidgen_version": provenance.povidgen_version,
+    }
+    return row
+
+
+def message_text(messages: list[dict[str, Any]]) -> str:
+    """The concatenated text parts of a conversational message list (``chosen``, say)."""
+    return "".join(
+        part["text"]
+        for message in messages
+        for part in message["content"]
+        if part["type"] == "text" and part["text"] is not None
+    )
+
+
+def _assistant(text: str) -> list[dict[str, Any]]:
+    return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
+
+
+def _png(image: PILImage.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

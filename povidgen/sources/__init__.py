@@ -1,0 +1,1 @@
+"""Where examples come from: dataset files, images, the bundled demo scenes."""

@@ -1,0 +1,31 @@
+"""Shared test set-up: no network, a private Hugging Face cache, and small image factories."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+# Before anything imports datasets or huggingface_hub: they read these at import time.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="povidgen-hf-"))
+
+import io  # noqa: E402
+
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
+    """The bytes of ``image`` saved as ``fmt``."""
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def rgb_image() -> Image.Image:
+    """A small non-uniform RGB image."""
+    image = Image.new("RGB", (24, 16), (200, 30, 30))
+    image.paste((30, 30, 200), (12, 0, 24, 16))
+    return image

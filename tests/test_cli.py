@@ -1,0 +1,109 @@
+"""The povidgen command line, run in-process through main()."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pytest
+from PIL import Image
+
+from povidgen.cli import main
+
+
+def test_build_demo_then_preview(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "pairs"
+    assert main(["build", "--demo", "--demo-size", "6", "--out", str(out), "--seed", "3"]) == 0
+    summary = capsys.readouterr().out
+    assert "pairs built:  6" in summary
+    assert "rows failed:  0" in summary
+    pairs = datasets.load_from_disk(str(out))
+    assert len(pairs) == 6
+    assert json.loads(pairs[0]["provenance"]["hallucinator_params"])["min_edits"] == 2
+    assert pairs[0]["provenance"]["seed"] == 3
+    assert (out / "errors.jsonl").read_text() == ""
+
+    sheet = out / "preview.png"
+    assert main(["preview", str(out), "--out", str(sheet), "-n", "2"]) == 0
+    with Image.open(sheet) as image:
+        assert image.width > 200
+    assert datasets.load_from_disk(str(out)).num_rows == 6  # the sheet beside it is harmless
+
+
+def test_existing_output_needs_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "pairs"
+    args = ["build", "--demo", "--demo-size", "2", "--out", str(out)]
+    assert main(args) == 0
+    assert main(args) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite", "--distorter", "none"]) == 0
+    assert "rejected_images" not in datasets.load_from_disk(str(out)).column_names
+
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("do not delete")
+    assert main(["build", "--demo", "--out", str(precious), "--overwrite"]) == 2
+    assert "not a povidgen output folder" in capsys.readouterr().err
+    assert (precious / "thesis.tex").exists()
+
+
+def test_llava_json_with_an_image_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    images = tmp_path / "coco"
+    images.mkdir()
+    Image.new("RGB", (32, 32), (0, 200, 0)).save(images / "a.jpg")
+    records = [
+        {
+            "id": "a",
+            "image": "a.jpg",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat is there?"},
+                {"from": "gpt", "value": "There are two green kites on the left."},
+            ],
+        },
+        {
+            "id": "b",
+            "image": "missing.jpg",
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat is there?"},
+                {"from": "gpt", "value": "A red cup."},
+            ],
+        },
+    ]
+    path = tmp_path / "llava.json"
+    path.write_text(json.dumps(records))
+    out = tmp_path / "out"
+    code = main(
+        ["build", "--dataset", str(path), "--image-folder", str(images), "--out", str(out)]
+    )
+    assert code == 0
+    assert "image: 1 (image file not found" in capsys.readouterr().out
+    pairs = datasets.load_from_disk(str(out))
+    assert pairs["id"] == ["a"]
+    assert pairs[0]["prompt"][0]["content"][1]["text"] == "What is there?"
+    errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]
+    assert [(e["id"], e["stage"]) for e in errors] == [("b", "image")]
+
+
+def test_missing_column_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"img": "a.png", "question": "Q", "answer": "A"}) + "\n")
+    code = main(["build", "--dataset", str(path), "--prompt-column", "question", "--out", str(tmp_path / "o")])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "image column 'image' is not in the dataset" in error
+    assert "'answer', 'img', 'question'" in error
+
+
+def test_no_pairs_is_exit_code_one(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"image": "nope.png", "prompt": "Q", "answer": "A"}) + "\n")
+    assert main(["build", "--dataset", str(path), "--out", str(tmp_path / "o")]) == 1
+    assert (tmp_path / "o" / "errors.jsonl").read_text().count("\n") == 1
+
+
+def test_preview_of_a_folder_that_is_not_pairs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["preview", str(tmp_path), "--out", str(tmp_path / "p.png")]) == 2
+    assert "is not a pairs folder" in capsys.readouterr().err

@@ -1,0 +1,27 @@
+"""The examples in examples/ run as documented."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import datasets
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def test_custom_hallucinator_example(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "custom"
+    monkeypatch.setattr(sys, "argv", ["custom_hallucinator.py", str(out)])
+    runpy.run_path(str(EXAMPLES / "custom_hallucinator.py"), run_name="__main__")
+    assert "pairs written to" in capsys.readouterr().out
+    pairs = datasets.load_from_disk(str(out))
+    assert len(pairs) >= 8
+    for row in pairs:
+        provenance = row["provenance"]
+        assert provenance["hallucinator"] == "antonym"
+        assert {e["kind"] for e in provenance["edits"]} <= {"spatial", "reasoning"}
