@@ -101,7 +101,9 @@ def main(out_dir: str) -> None:
     )
     pairs = builder.build()
     pairs.save_to_disk(out_dir)
-    print(f"{len(pairs)} pairs written to {out_dir}; {len(builder.errors)} rows had nothing to flip")
+    print(
+        f"{len(pairs)} pairs written to {out_dir}; {len(builder.errors)} rows had nothing to flip"
+    )
 
 
 if __name__ == "__main__":

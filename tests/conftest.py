@@ -10,10 +10,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ.setdefault("HF_HOME", tempfile.mkdtemp(prefix="povidgen-hf-"))
 
-import io  # noqa: E402
+import io
 
-import pytest  # noqa: E402
-from PIL import Image  # noqa: E402
+import pytest
+from PIL import Image
 
 
 def encode(image: Image.Image, fmt: str = "PNG") -> bytes:

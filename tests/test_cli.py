@@ -31,7 +31,9 @@ def test_build_demo_then_preview(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert datasets.load_from_disk(str(out)).num_rows == 6  # the sheet beside it is harmless
 
 
-def test_existing_output_needs_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_existing_output_needs_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "pairs"
     args = ["build", "--demo", "--demo-size", "2", "--out", str(out)]
     assert main(args) == 0
@@ -48,7 +50,9 @@ def test_existing_output_needs_overwrite(tmp_path: Path, capsys: pytest.CaptureF
     assert (precious / "thesis.tex").exists()
 
 
-def test_llava_json_with_an_image_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_llava_json_with_an_image_folder(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     images = tmp_path / "coco"
     images.mkdir()
     Image.new("RGB", (32, 32), (0, 200, 0)).save(images / "a.jpg")
@@ -73,9 +77,7 @@ def test_llava_json_with_an_image_folder(tmp_path: Path, capsys: pytest.CaptureF
     path = tmp_path / "llava.json"
     path.write_text(json.dumps(records))
     out = tmp_path / "out"
-    code = main(
-        ["build", "--dataset", str(path), "--image-folder", str(images), "--out", str(out)]
-    )
+    code = main(["build", "--dataset", str(path), "--image-folder", str(images), "--out", str(out)])
     assert code == 0
     assert "image: 1 (image file not found" in capsys.readouterr().out
     pairs = datasets.load_from_disk(str(out))
@@ -85,10 +87,22 @@ def test_llava_json_with_an_image_folder(tmp_path: Path, capsys: pytest.CaptureF
     assert [(e["id"], e["stage"]) for e in errors] == [("b", "image")]
 
 
-def test_missing_column_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_column_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     path = tmp_path / "rows.jsonl"
     path.write_text(json.dumps({"img": "a.png", "question": "Q", "answer": "A"}) + "\n")
-    code = main(["build", "--dataset", str(path), "--prompt-column", "question", "--out", str(tmp_path / "o")])
+    code = main(
+        [
+            "build",
+            "--dataset",
+            str(path),
+            "--prompt-column",
+            "question",
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert code == 2
     error = capsys.readouterr().err
     assert "image column 'image' is not in the dataset" in error

@@ -82,14 +82,19 @@ def test_wrap_and_clamp_differ_exactly_where_values_leave_the_range() -> None:
     # wrapped dark overflows come back as bright pixels, and bright overflows as dark ones
     dark = (x < -0.01) & (x > -0.5)
     bright = (x > 1.01) & (x < 1.5)
-    assert dark.any() and bright.any()
+    assert dark.any()
+    assert bright.any()
     assert np.all(wrap[dark] >= 129)
     assert np.all(wrap[bright] <= 126)
 
 
 def test_same_seed_same_image_other_seed_other_image(rgb_image: Image.Image) -> None:
     noise = DiffusionNoise()
-    first, again, other = noise(rgb_image, seed=7), noise(rgb_image, seed=7), noise(rgb_image, seed=8)
+    first, again, other = (
+        noise(rgb_image, seed=7),
+        noise(rgb_image, seed=7),
+        noise(rgb_image, seed=8),
+    )
     assert first.tobytes() == again.tobytes()
     assert first.tobytes() != other.tobytes()
 

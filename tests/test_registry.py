@@ -52,9 +52,11 @@ def test_a_third_party_entry_point_is_loaded(monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_a_plugin_of_the_wrong_kind_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    wrong = EntryPoint(name="wrong", value="collections:OrderedDict", group=registry.DISTORTER_GROUP)
+    wrong = EntryPoint(
+        name="wrong", value="collections:OrderedDict", group=registry.DISTORTER_GROUP
+    )
     monkeypatch.setattr(registry, "entry_points", lambda *, group: [wrong])
-    with pytest.raises(PluginError, match="not a povidgen.Distorter"):
+    with pytest.raises(PluginError, match=r"not a povidgen\.Distorter"):
         get_distorter("wrong")
     broken = EntryPoint(name="broken", value="no_such_module:X", group=registry.DISTORTER_GROUP)
     monkeypatch.setattr(registry, "entry_points", lambda *, group: [broken])
