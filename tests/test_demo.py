@@ -287,6 +287,7 @@ def scene() -> Scene:
     [
         ("object", "a banana", True),
         ("object", "bananas", True),
+        ("object", "wine glasses", True),
         ("object", "There is also a dog next to it.", True),
         ("object", "an apple", False),
         ("object", "books", False),

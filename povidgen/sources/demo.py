@@ -723,7 +723,7 @@ def _words(text: str) -> list[str]:
 def _noun_lemma(word: str) -> str:
     if word in _IRREGULAR:
         return _IRREGULAR[word]
-    for suffix, replacement in (("ies", "y"), ("oes", "o"), ("ches", "ch"), ("s", "")):
+    for suffix, replacement in (("ies", "y"), ("oes", "o"), ("ches", "ch"), ("es", ""), ("s", "")):
         if word.endswith(suffix) and word[: -len(suffix)] + replacement in _OBJECT_VOCAB:
             return word[: -len(suffix)] + replacement
     return word
