@@ -14,7 +14,7 @@ Built-ins register exactly as third-party packages do, in their package metadata
 from __future__ import annotations
 
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import Any, cast
 
 from povidgen.distort.base import Distorter
 from povidgen.errors import PluginError
@@ -45,22 +45,20 @@ def available_distorters() -> list[str]:
 
 def get_hallucinator(name: str, **options: Any) -> Hallucinator:
     """Instantiate the hallucinator registered as ``name`` with ``options``."""
-    instance = _load(HALLUCINATOR_GROUP, name, "hallucinator")(**options)
-    if not isinstance(instance, Hallucinator):
-        raise PluginError(
-            f"entry point {name!r} in {HALLUCINATOR_GROUP!r} made a {type(instance).__name__}, "
-            "not a povidgen.Hallucinator"
-        )
-    return instance
+    return cast(Hallucinator, _instantiate(HALLUCINATOR_GROUP, name, Hallucinator, options))
 
 
 def get_distorter(name: str, **options: Any) -> Distorter:
     """Instantiate the distorter registered as ``name`` with ``options``."""
-    instance = _load(DISTORTER_GROUP, name, "distorter")(**options)
-    if not isinstance(instance, Distorter):
+    return cast(Distorter, _instantiate(DISTORTER_GROUP, name, Distorter, options))
+
+
+def _instantiate(group: str, name: str, base: type, options: dict[str, Any]) -> object:
+    instance = _load(group, name, base.__name__.lower())(**options)
+    if not isinstance(instance, base):
         raise PluginError(
-            f"entry point {name!r} in {DISTORTER_GROUP!r} made a {type(instance).__name__}, "
-            "not a povidgen.Distorter"
+            f"entry point {name!r} in {group!r} made a {type(instance).__name__}, "
+            f"not a povidgen.{base.__name__}"
         )
     return instance
 

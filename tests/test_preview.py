@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from datasets import Dataset, Features, Image, List, Value
+from datasets import Dataset, Features
 from PIL import Image as PILImage
 
+from povidgen.pairs.trl_format import pair_features
 from povidgen.preview import EDIT_COLORS, render_preview, save_preview
 
 CLEAN = (30, 160, 90)
@@ -18,39 +19,8 @@ DISTORTED = (255, 0, 255)
 
 
 def features(*, distorted: bool) -> Features:
-    messages = List(
-        {
-            "role": Value("string"),
-            "content": List({"type": Value("string"), "text": Value("string")}),
-        }
-    )
-    edit = {
-        "kind": Value("string"),
-        "original": Value("string"),
-        "injected": Value("string"),
-        "start": Value("int32"),
-        "end": Value("int32"),
-    }
-    columns: dict[str, Any] = {
-        "id": Value("string"),
-        "images": List(Image()),
-        "prompt": messages,
-        "chosen": messages,
-        "rejected": messages,
-    }
-    if distorted:
-        columns["rejected_images"] = List(Image())
-    columns["provenance"] = {
-        "hallucinator": Value("string"),
-        "hallucinator_params": Value("string"),
-        "distorter": Value("string"),
-        "distorter_params": Value("string"),
-        "seed": Value("int64"),
-        "example_seed": Value("int64"),
-        "edits": List(edit),
-        "povidgen_version": Value("string"),
-    }
-    return Features(columns)
+    """The published pairs schema, as the builder writes it."""
+    return pair_features(with_rejected_images=distorted)
 
 
 def png(color: tuple[int, int, int], size: tuple[int, int] = (64, 48)) -> dict[str, Any]:
