@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -292,3 +293,13 @@ def test_bad_arguments(rgb_image: Image.Image) -> None:
         PairBuilder.from_dataset("rows.json")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="at least 1"):
         PairBuilder.from_dataset(rows, concurrency=0)
+
+
+def test_build_works_inside_a_running_event_loop(rgb_image: Image.Image) -> None:
+    """Notebooks run cells inside an event loop; build() must not trip over it."""
+    rows = [{"image": rgb_image, "prompt": "Q?", "answer": "Two red apples on the left."}]
+
+    async def notebook_cell() -> datasets.Dataset:
+        return _build(rows, prompt_column="prompt", id_column=None)[0]
+
+    assert len(asyncio.run(notebook_cell())) == 1

@@ -17,9 +17,10 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 import datasets
 from pydantic import ValidationError
@@ -35,6 +36,8 @@ from povidgen.sources.images import SourceImage, open_image
 __all__ = ["BuildReport", "PairBuilder"]
 
 logger = logging.getLogger("povidgen")
+
+_T = TypeVar("_T")
 
 _IMAGE_PLACEHOLDER = "<image>"
 
@@ -261,7 +264,7 @@ class PairBuilder:
             else:
                 pending.append(read)
 
-        results = asyncio.run(
+        results = _run_coroutine(
             self.hallucinator.ahallucinate_many(
                 [p.example for p in pending], concurrency=self.concurrency
             )
@@ -379,6 +382,17 @@ class PairBuilder:
             reason = "; ".join(e["msg"] for e in error.errors())
             return _row_error(example.id, item.index, "pair", f"invalid pair: {reason}")
         return pair, item.source.encoded
+
+
+def _run_coroutine(coroutine: Coroutine[Any, Any, _T]) -> _T:
+    """``asyncio.run``, also from code that already runs an event loop (a Jupyter cell), where
+    the coroutine gets a fresh loop in a worker thread instead."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="povidgen") as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def _row_error(row_id: str, index: int, stage: Stage, error: BaseException | str) -> RowError:
