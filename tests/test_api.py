@@ -51,3 +51,37 @@ def test_errors_share_one_root() -> None:
         value = getattr(povidgen, name)
         if isinstance(value, type) and issubclass(value, Exception):
             assert issubclass(value, povidgen.PovidgenError), name
+
+
+TRAIN_EXPECTED = [
+    "F_DIVERGENCES",
+    "LOSS_TYPES",
+    "POVID_COMBINES",
+    "DPOLoss",
+    "DPOOutput",
+    "GroupSlices",
+    "POVIDLoss",
+    "POVIDOutput",
+    "PackedBatch",
+    "SequenceLogps",
+    "dpo_loss",
+    "flex_block_mask",
+    "gather_response_hidden",
+    "model_inputs",
+    "noisy_logps",
+    "noisy_tokens",
+    "pack_shared_prefix",
+    "packed_response_logps",
+    "povid_loss",
+    "response_targets",
+    "sequence_logps",
+    "unpack_response_logps",
+]
+
+
+def test_train_all_is_pinned() -> None:
+    import povidgen.train
+
+    assert povidgen.train.__all__ == TRAIN_EXPECTED
+    for name in TRAIN_EXPECTED:
+        assert hasattr(povidgen.train, name), name

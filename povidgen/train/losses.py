@@ -1,0 +1,755 @@
+r"""Direct preference losses on per-sequence log-probabilities: every DPO variant and POVID.
+
+All functions take per-sequence **sums** of response-token log-probabilities, one value per
+preference pair, shape ``(B,)``:
+
+* ``policy_chosen_logps``   :math:`\log \pi_\theta(y_w \mid x)`
+* ``policy_rejected_logps`` :math:`\log \pi_\theta(y_l \mid x)`
+* ``ref_chosen_logps``      :math:`\log \pi_\mathrm{ref}(y_w \mid x)`
+* ``ref_rejected_logps``    :math:`\log \pi_\mathrm{ref}(y_l \mid x)`
+
+and are pure, differentiable functions of them (no model, no tokenizer, no ``transformers``).
+The loss types, their formulas and their defaults follow Hugging Face TRL's ``DPOTrainer``.
+
+Notation used in the docstrings (all element-wise over the batch):
+
+.. math::
+
+    c = \log\pi_\theta(y_w) - \log\pi_\mathrm{ref}(y_w), \qquad
+    r = \log\pi_\theta(y_l) - \log\pi_\mathrm{ref}(y_l)
+
+(the chosen and rejected log-ratios), :math:`s_w = f(c)`, :math:`s_l = f(r)` the f-divergence
+scores (:math:`f` = identity for the default reverse KL), :math:`\Delta = s_w - s_l`,
+:math:`\beta` the inverse temperature, :math:`\varepsilon` the label smoothing and
+:math:`\sigma` the logistic function.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import Tensor, nn
+
+__all__ = [
+    "F_DIVERGENCES",
+    "LOSS_TYPES",
+    "POVID_COMBINES",
+    "DPOLoss",
+    "DPOOutput",
+    "POVIDLoss",
+    "POVIDOutput",
+    "dpo_loss",
+    "povid_loss",
+]
+
+LOSS_TYPES: tuple[str, ...] = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
+"""Every loss type :func:`dpo_loss` accepts (the loss types of TRL's ``DPOTrainer``)."""
+
+F_DIVERGENCES: tuple[str, ...] = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+"""The f-divergences of f-DPO (arXiv:2309.16240) that :func:`dpo_loss` accepts."""
+
+POVID_COMBINES: tuple[str, ...] = ("mean_of_dpo", "single_sigmoid")
+"""The two ways :func:`povid_loss` combines its two rejected responses."""
+
+_LENGTH_NORMALISED: frozenset[str] = frozenset({"ipo", "sigmoid_norm"})
+
+# Upper bound on the exponent of the alpha-divergence scores, by the dtype the exponent is
+# computed in (as TRL's ``cap_exp``): keeps ``exp`` finite in half precision.
+_EXP_CAP: dict[torch.dtype, float] = {
+    torch.float16: 11.0,
+    torch.bfloat16: 80.0,
+    torch.float32: 80.0,
+    torch.float64: 80.0,
+}
+
+
+@dataclass(frozen=True)
+class DPOOutput:
+    """What :func:`dpo_loss` returns. Every field but ``loss`` has shape ``(B,)``.
+
+    Attributes:
+        loss: The scalar to back-propagate: the mean over the batch of ``losses``.
+        losses: The per-pair loss, the weighted sum over the loss types, shape ``(B,)``.
+        chosen_rewards: Implicit rewards :math:`\\beta c` of the chosen responses, detached.
+        rejected_rewards: Implicit rewards :math:`\\beta r` of the rejected responses, detached.
+        margins: ``chosen_rewards - rejected_rewards``, detached.
+        accuracies: ``1.0`` where the chosen reward beats the rejected one, else ``0.0``
+            (``float32``).
+    """
+
+    loss: Tensor
+    losses: Tensor
+    chosen_rewards: Tensor
+    rejected_rewards: Tensor
+    margins: Tensor
+    accuracies: Tensor
+
+
+@dataclass(frozen=True)
+class POVIDOutput:
+    """What :func:`povid_loss` returns. Every field but ``loss`` has shape ``(B,)``.
+
+    Attributes:
+        loss: The scalar to back-propagate: the mean over the batch of ``losses``.
+        losses: The per-pair POVID loss, shape ``(B,)``.
+        chosen_rewards: :math:`\\beta D(y_w)`, detached.
+        rejected_rewards: :math:`\\beta D(y_l^{text})` of the hallucinated-text rejected
+            responses, detached.
+        noisy_rewards: :math:`\\beta D(y_l^{noise})` of the responses generated from the
+            distorted image, detached.
+        margins: The chosen reward minus the weighted rejected rewards (see
+            :func:`povid_loss`), detached.
+        accuracies: ``1.0`` where the chosen reward beats *both* rejected rewards, else ``0.0``
+            (``float32``).
+    """
+
+    loss: Tensor
+    losses: Tensor
+    chosen_rewards: Tensor
+    rejected_rewards: Tensor
+    noisy_rewards: Tensor
+    margins: Tensor
+    accuracies: Tensor
+
+
+# --------------------------------------------------------------------------------------------
+# validation helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _check_logps(named: Sequence[tuple[str, Tensor]]) -> tuple[list[Tensor], torch.dtype]:
+    """Check that the log-prob tensors are floating, 1-D, non-empty and share one shape.
+
+    Returns the tensors cast to their common (promoted) dtype, and that dtype.
+    """
+    first_name, first = named[0]
+    for name, tensor in named:
+        if not isinstance(tensor, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(tensor).__name__}")
+        if not tensor.is_floating_point():
+            raise ValueError(f"{name} must have a floating dtype, got {tensor.dtype}")
+        if tensor.dim() != 1:
+            raise ValueError(
+                f"{name} must be 1-D with shape (B,) (one summed log-prob per sequence), "
+                f"got shape {tuple(tensor.shape)}"
+            )
+        if tensor.shape != first.shape:
+            raise ValueError(
+                f"{name} has shape {tuple(tensor.shape)} but {first_name} has shape "
+                f"{tuple(first.shape)}; all log-prob inputs must have the same shape (B,)"
+            )
+    if first.shape[0] < 1:
+        raise ValueError("the batch is empty: log-prob inputs must have shape (B,) with B >= 1")
+    dtype = first.dtype
+    for _, tensor in named[1:]:
+        dtype = torch.promote_types(dtype, tensor.dtype)
+    return [tensor.to(dtype) for _, tensor in named], dtype
+
+
+def _check_beta(beta: float | Tensor, like: Tensor) -> float | Tensor:
+    """Check that ``beta`` is positive and broadcastable to ``like``'s shape ``(B,)``."""
+    if isinstance(beta, Tensor):
+        if beta.is_complex() or beta.dtype == torch.bool:
+            raise ValueError(f"beta must be a real tensor, got dtype {beta.dtype}")
+        batch = like.shape[0]
+        if not (beta.dim() == 0 or (beta.dim() == 1 and beta.shape[0] in (1, batch))):
+            raise ValueError(
+                f"a tensor beta must be broadcastable to the batch shape {tuple(like.shape)}, "
+                f"got shape {tuple(beta.shape)}"
+            )
+        beta_t = beta.to(dtype=like.dtype, device=like.device)
+        if bool((~(beta_t > 0)).any()):
+            raise ValueError("beta must be > 0 everywhere (and not NaN)")
+        return beta_t
+    if isinstance(beta, bool) or not isinstance(beta, int | float):
+        raise ValueError(f"beta must be a float or a tensor, got {type(beta).__name__}")
+    if not (math.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta must be a finite number > 0, got {beta}")
+    return float(beta)
+
+
+def _check_lengths(name: str, lengths: Tensor | None, like: Tensor, loss: str) -> Tensor:
+    """Check a tensor of response lengths and cast it to ``like``'s dtype."""
+    if lengths is None:
+        raise ValueError(
+            f"loss_type {loss!r} needs {name} (the number of response tokens per sequence, "
+            "shape (B,)); pass chosen_lengths and rejected_lengths"
+        )
+    if not isinstance(lengths, Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(lengths).__name__}")
+    if lengths.is_complex() or lengths.dtype == torch.bool:
+        raise ValueError(f"{name} must be a real (integer or float) tensor, got {lengths.dtype}")
+    if lengths.shape != like.shape:
+        raise ValueError(
+            f"{name} must have the batch shape {tuple(like.shape)}, got {tuple(lengths.shape)}"
+        )
+    return lengths.to(dtype=like.dtype, device=like.device)
+
+
+def _check_loss_types(
+    loss_type: str | Sequence[str], loss_weights: Sequence[float] | None
+) -> tuple[list[str], list[float]]:
+    """Normalise ``loss_type`` to a list and pair it with its weights."""
+    types = [loss_type] if isinstance(loss_type, str) else list(loss_type)
+    if not types:
+        raise ValueError(f"loss_type is an empty list; give one or more of {LOSS_TYPES}")
+    for name in types:
+        if name not in LOSS_TYPES:
+            raise ValueError(f"unknown loss_type {name!r}; valid loss types: {LOSS_TYPES}")
+    if loss_weights is None:
+        weights = [1.0] * len(types)
+    else:
+        weights = [float(w) for w in loss_weights]
+        if len(weights) != len(types):
+            raise ValueError(
+                f"loss_weights has {len(weights)} entries but loss_type has {len(types)} "
+                f"({types}); give one weight per loss type"
+            )
+        for w in weights:
+            if not math.isfinite(w):
+                raise ValueError(f"loss_weights must be finite, got {weights}")
+    return types, weights
+
+
+def _check_hyperparameters(
+    types: Sequence[str],
+    label_smoothing: float,
+    f_divergence: str,
+    discopop_tau: float,
+) -> None:
+    """Check the scalar hyper-parameters of :func:`dpo_loss`."""
+    if f_divergence not in F_DIVERGENCES:
+        raise ValueError(f"unknown f_divergence {f_divergence!r}; valid ones: {F_DIVERGENCES}")
+    if not (0.0 <= label_smoothing <= 0.5):
+        raise ValueError(f"label_smoothing must be in [0, 0.5], got {label_smoothing}")
+    if "robust" in types and not label_smoothing < 0.5:
+        raise ValueError(
+            "loss_type 'robust' divides by 1 - 2 * label_smoothing: label_smoothing must be "
+            f"in [0, 0.5), got {label_smoothing}"
+        )
+    if "exo_pair" in types and not label_smoothing > 0:
+        raise ValueError(
+            "loss_type 'exo_pair' takes log(label_smoothing): label_smoothing must be > 0 "
+            f"(the EXO paper recommends 1e-3), got {label_smoothing}"
+        )
+    if "discopop" in types and not (math.isfinite(discopop_tau) and discopop_tau > 0):
+        raise ValueError(f"discopop_tau must be a finite number > 0, got {discopop_tau}")
+
+
+# --------------------------------------------------------------------------------------------
+# f-divergence scores
+# --------------------------------------------------------------------------------------------
+
+
+def _f_scores(logratios: Tensor, f_divergence: str, alpha_coef: float) -> Tensor:
+    r"""The f-DPO score :math:`f'(u)` of the policy/reference ratio :math:`u = e^{\text{logratio}}`.
+
+    * ``reverse_kl``: :math:`\log u` (standard DPO);
+    * ``forward_kl``: :math:`-u^{-1} = -e^{-\text{logratio}}`;
+    * ``js_divergence``: :math:`\log\sigma(\text{logratio}) = \log\frac{u}{1+u}`;
+    * ``alpha_divergence``: :math:`\frac{u^{\alpha-1}}{\alpha-1}` with the exponent capped (at 11
+      in float16, 80 otherwise) before ``exp``; reverse KL when :math:`|\alpha-1|<10^{-6}`.
+    """
+    if f_divergence == "reverse_kl":
+        return logratios
+    if f_divergence == "forward_kl":
+        return -torch.exp(-logratios)
+    if f_divergence == "js_divergence":
+        return F.logsigmoid(logratios)
+    # alpha_divergence
+    if abs(alpha_coef - 1.0) < 1e-6:
+        return logratios
+    exponent = (alpha_coef - 1.0) * logratios
+    # Half precision is raised to float32 for the exp, as TRL does; float64 stays float64.
+    work_dtype = torch.promote_types(exponent.dtype, torch.float32)
+    capped = exponent.to(work_dtype).clamp(max=_EXP_CAP.get(exponent.dtype, 80.0))
+    return torch.exp(capped).to(logratios.dtype) * (1.0 / (alpha_coef - 1.0))
+
+
+# --------------------------------------------------------------------------------------------
+# DPO
+# --------------------------------------------------------------------------------------------
+
+
+def dpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    *,
+    loss_type: str | Sequence[str] = "sigmoid",
+    beta: float | Tensor = 0.1,
+    label_smoothing: float = 0.0,
+    loss_weights: Sequence[float] | None = None,
+    chosen_lengths: Tensor | None = None,
+    rejected_lengths: Tensor | None = None,
+    f_divergence: str = "reverse_kl",
+    f_alpha_divergence_coef: float = 0.5,
+    discopop_tau: float = 0.05,
+) -> DPOOutput:
+    r"""Direct preference optimisation loss, in any of TRL's ``DPOTrainer`` variants.
+
+    With :math:`c, r` the chosen and rejected policy/reference log-ratios, :math:`s_w = f(c)`,
+    :math:`s_l = f(r)` their f-divergence scores, :math:`\Delta = s_w - s_l`,
+    :math:`\varepsilon` = ``label_smoothing`` and :math:`n_w, n_l` the response lengths
+    (clamped to at least 1), the per-pair loss of each ``loss_type`` is:
+
+    * ``"sigmoid"`` — DPO (Rafailov et al., arXiv:2305.18290), with the conservative-DPO label
+      smoothing of cDPO (Mitchell, 2023; see arXiv:2403.00409):
+      :math:`-(1-\varepsilon)\log\sigma(\beta\Delta) - \varepsilon\log\sigma(-\beta\Delta)`.
+    * ``"hinge"`` — SLiC-style hinge (arXiv:2305.10425): :math:`\max(0, 1 - \beta\Delta)`.
+    * ``"ipo"`` — IPO (Azar et al., arXiv:2310.12036), with the log-ratios averaged over the
+      response tokens as TRL does:
+      :math:`\left(\frac{s_w}{n_w} - \frac{s_l}{n_l} - \frac{1}{2\beta}\right)^2`.
+      Needs ``chosen_lengths`` and ``rejected_lengths``.
+    * ``"exo_pair"`` — EXO (Ji et al., arXiv:2402.00856), the reverse KL between the model's
+      and the :math:`\varepsilon`-smoothed data preference:
+      :math:`\sigma(\beta\Delta)\,[\log\sigma(\beta\Delta) - \log(1-\varepsilon)]
+      + \sigma(-\beta\Delta)\,[\log\sigma(-\beta\Delta) - \log\varepsilon]`.
+      Needs ``label_smoothing > 0`` (the paper uses ``1e-3``).
+    * ``"nca_pair"`` — NCA (Chen et al., arXiv:2402.05369):
+      :math:`-\log\sigma(\beta s_w) - \tfrac12\log\sigma(-\beta s_w)
+      - \tfrac12\log\sigma(-\beta s_l)`.
+    * ``"robust"`` — Robust DPO (Chowdhury et al., arXiv:2403.00409), unbiased under label
+      flips with rate :math:`\varepsilon < 1/2`:
+      :math:`\frac{-(1-\varepsilon)\log\sigma(\beta\Delta)
+      + \varepsilon\log\sigma(-\beta\Delta)}{1-2\varepsilon}`.
+    * ``"bco_pair"`` — BCO (Jung et al., arXiv:2404.04656), without the running reward
+      shift: :math:`-\log\sigma(\beta s_w) - \log\sigma(-\beta s_l)`.
+    * ``"sppo_hard"`` — SPPO with hard labels (Wu et al., arXiv:2405.00675):
+      :math:`\left(s_w - \frac{1}{2\beta}\right)^2 + \left(s_l + \frac{1}{2\beta}\right)^2`.
+    * ``"aot"`` — AOT, paired (Melnyk et al., arXiv:2406.05882): with
+      :math:`\delta = \operatorname{sort}(\log\pi_\theta(y_w) - \log\pi_\theta(y_l))
+      - \operatorname{sort}(\log\pi_\mathrm{ref}(y_w) - \log\pi_\mathrm{ref}(y_l))`
+      (each sorted over the batch),
+      :math:`-(1-\varepsilon)\log\sigma(\beta\delta) - \varepsilon\log\sigma(-\beta\delta)`.
+    * ``"aot_unpaired"`` — AOT, unpaired: the same with
+      :math:`\delta = \operatorname{sort}(c) - \operatorname{sort}(r)`.
+    * ``"apo_zero"`` — APO-zero (D'Oosterlinck et al., arXiv:2408.06266), for chosen answers
+      better than the model's: :math:`1 - \sigma(\beta c) + \sigma(\beta r)`.
+    * ``"apo_down"`` — APO-down, for chosen answers worse than the model's:
+      :math:`\sigma(\beta c) + 1 - \sigma(\beta\Delta)`.
+    * ``"discopop"`` — DiscoPOP, the log-ratio modulated loss (Chan Lu et al.,
+      arXiv:2406.08414): with :math:`z = \beta\Delta` and :math:`m = \sigma(z/\tau)`,
+      :math:`-(1-m)\log\sigma(z) + m\,e^{-z}`, :math:`\tau` = ``discopop_tau``.
+    * ``"sft"`` — the supervised negative log-likelihood of the chosen responses, averaged
+      over all chosen tokens of the batch and given to every pair:
+      :math:`-\sum_i \log\pi_\theta(y_w^i) / \sum_i n_w^i`. Needs ``chosen_lengths``.
+    * ``"sigmoid_norm"`` — DPO on length-normalised log-ratios, SimPO-style (Meng et al.,
+      arXiv:2405.14734) but keeping the reference:
+      :math:`-\log\sigma\!\left(\beta\left(\frac{s_w}{n_w} - \frac{s_l}{n_l}\right)\right)`.
+      Needs ``chosen_lengths`` and ``rejected_lengths``.
+
+    The f-divergence scores (f-DPO, Wang et al., arXiv:2309.16240) are, for a log-ratio
+    :math:`t`: ``"reverse_kl"`` :math:`t`; ``"forward_kl"`` :math:`-e^{-t}`;
+    ``"js_divergence"`` :math:`\log\sigma(t)`; ``"alpha_divergence"``
+    :math:`e^{(\alpha-1)t}/(\alpha-1)` with :math:`\alpha` = ``f_alpha_divergence_coef``.
+    The rewards are always the reverse-KL ones: :math:`\beta c` and :math:`\beta r`.
+
+    Args:
+        policy_chosen_logps: Summed response log-probs of the chosen responses under the
+            policy, shape ``(B,)``.
+        policy_rejected_logps: Same for the rejected responses, shape ``(B,)``.
+        ref_chosen_logps: Summed response log-probs of the chosen responses under the frozen
+            reference model, shape ``(B,)``.
+        ref_rejected_logps: Same for the rejected responses, shape ``(B,)``.
+        loss_type: One name from :data:`LOSS_TYPES`, or a list of them to combine.
+        beta: Inverse temperature :math:`\beta > 0`: a float or a tensor broadcastable to
+            ``(B,)`` (one :math:`\beta` per pair).
+        label_smoothing: :math:`\varepsilon` in ``[0, 0.5]`` for ``sigmoid``, ``robust``
+            (``< 0.5``), ``aot``, ``aot_unpaired`` and ``exo_pair`` (``> 0``).
+        loss_weights: One weight per loss type when ``loss_type`` is a list (default: all 1).
+        chosen_lengths: Number of response tokens of each chosen sequence, shape ``(B,)``;
+            needed by ``ipo``, ``sft`` and ``sigmoid_norm``.
+        rejected_lengths: Same for the rejected sequences; needed by ``ipo`` and
+            ``sigmoid_norm``.
+        f_divergence: One name from :data:`F_DIVERGENCES`.
+        f_alpha_divergence_coef: :math:`\alpha` of the alpha-divergence (TRL's default 0.5).
+        discopop_tau: Temperature :math:`\tau` of the DiscoPOP modulation (default 0.05).
+
+    Returns:
+        A :class:`DPOOutput`: the scalar ``loss`` (mean over pairs of the weighted sum of the
+        loss types), the per-pair ``losses`` and the detached reward statistics.
+
+    Raises:
+        ValueError: On inputs of the wrong type, dtype or shape, an unknown loss type or
+            f-divergence, mismatched ``loss_weights``, a non-positive ``beta``, an
+            out-of-range ``label_smoothing`` or missing lengths.
+
+    The computation is done in the (promoted) dtype of the four log-prob inputs.
+    """
+    (pc, pr, rc, rr), _ = _check_logps(
+        [
+            ("policy_chosen_logps", policy_chosen_logps),
+            ("policy_rejected_logps", policy_rejected_logps),
+            ("ref_chosen_logps", ref_chosen_logps),
+            ("ref_rejected_logps", ref_rejected_logps),
+        ]
+    )
+    types, weights = _check_loss_types(loss_type, loss_weights)
+    label_smoothing = float(label_smoothing)
+    _check_hyperparameters(types, label_smoothing, f_divergence, float(discopop_tau))
+    b = _check_beta(beta, pc)
+    eps = label_smoothing
+
+    chosen_logratios = pc - rc
+    rejected_logratios = pr - rr
+    cs = _f_scores(chosen_logratios, f_divergence, float(f_alpha_divergence_coef))
+    rs = _f_scores(rejected_logratios, f_divergence, float(f_alpha_divergence_coef))
+    delta = cs - rs
+
+    if _LENGTH_NORMALISED.intersection(types):
+        missing = [
+            name
+            for name, value in (
+                ("chosen_lengths", chosen_lengths),
+                ("rejected_lengths", rejected_lengths),
+            )
+            if value is None
+        ]
+        if missing:
+            which = sorted(_LENGTH_NORMALISED.intersection(types))
+            raise ValueError(
+                f"loss_type {which} normalises by the response lengths: pass "
+                f"chosen_lengths and rejected_lengths (missing: {', '.join(missing)})"
+            )
+
+    total: Tensor | None = None
+    for name, weight in zip(types, weights, strict=True):
+        if name == "sigmoid":
+            losses = -F.logsigmoid(b * delta) * (1 - eps) - F.logsigmoid(-b * delta) * eps
+        elif name == "hinge":
+            losses = torch.relu(1 - b * delta)
+        elif name == "ipo":
+            n_w = _check_lengths("chosen_lengths", chosen_lengths, pc, name).clamp(min=1)
+            n_l = _check_lengths("rejected_lengths", rejected_lengths, pc, name).clamp(min=1)
+            losses = (cs / n_w - rs / n_l - 1 / (2 * b)) ** 2
+        elif name == "exo_pair":
+            z = b * delta
+            chosen_term = torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-eps))
+            rejected_term = torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(eps))
+            losses = chosen_term + rejected_term
+        elif name == "nca_pair":
+            chosen_r = b * cs
+            rejected_r = b * rs
+            losses = (
+                -F.logsigmoid(chosen_r)
+                - 0.5 * F.logsigmoid(-chosen_r)
+                - 0.5 * F.logsigmoid(-rejected_r)
+            )
+        elif name == "robust":
+            unbiased = -(1 - eps) * F.logsigmoid(b * delta) + eps * F.logsigmoid(-b * delta)
+            losses = unbiased / (1 - 2 * eps)
+        elif name == "bco_pair":
+            losses = -F.logsigmoid(b * cs) - F.logsigmoid(-b * rs)
+        elif name == "sppo_hard":
+            losses = (cs - 0.5 / b) ** 2 + (rs + 0.5 / b) ** 2
+        elif name in ("aot", "aot_unpaired"):
+            if name == "aot":
+                first = torch.sort(pc - pr, dim=0).values
+                second = torch.sort(rc - rr, dim=0).values
+            else:
+                first = torch.sort(chosen_logratios, dim=0).values
+                second = torch.sort(rejected_logratios, dim=0).values
+            z = b * (first - second)
+            losses = -F.logsigmoid(z) * (1 - eps) - F.logsigmoid(-z) * eps
+        elif name == "apo_zero":
+            losses = (1 - torch.sigmoid(b * chosen_logratios)) + torch.sigmoid(
+                b * rejected_logratios
+            )
+        elif name == "apo_down":
+            losses = torch.sigmoid(b * chosen_logratios) + (1 - torch.sigmoid(b * delta))
+        elif name == "discopop":
+            z = delta * b
+            modulation = torch.sigmoid(z / discopop_tau)
+            losses = -F.logsigmoid(z) * (1 - modulation) + torch.exp(-z) * modulation
+        elif name == "sft":
+            n_w = _check_lengths("chosen_lengths", chosen_lengths, pc, name)
+            losses = (-pc.sum() / n_w.sum()).expand(pc.shape)
+        else:  # sigmoid_norm
+            n_w = _check_lengths("chosen_lengths", chosen_lengths, pc, name).clamp(min=1)
+            n_l = _check_lengths("rejected_lengths", rejected_lengths, pc, name).clamp(min=1)
+            losses = -F.logsigmoid(b * (cs / n_w - rs / n_l))
+        weighted = losses * weight if weight != 1.0 else losses
+        total = weighted if total is None else total + weighted
+    assert total is not None  # types is non-empty
+
+    chosen_rewards = (b * chosen_logratios).detach()
+    rejected_rewards = (b * rejected_logratios).detach()
+    return DPOOutput(
+        loss=total.mean(),
+        losses=total,
+        chosen_rewards=chosen_rewards,
+        rejected_rewards=rejected_rewards,
+        margins=chosen_rewards - rejected_rewards,
+        accuracies=(chosen_rewards > rejected_rewards).float(),
+    )
+
+
+class DPOLoss(nn.Module):
+    """:func:`dpo_loss` as an ``nn.Module`` holding its hyper-parameters.
+
+    The hyper-parameters are validated when the module is built. ``forward`` takes the four
+    ``(B,)`` log-prob tensors (and the lengths where the loss type needs them) and returns a
+    :class:`DPOOutput`.
+
+    Example:
+        >>> criterion = DPOLoss(loss_type="sigmoid", beta=0.1)
+        >>> out = criterion(policy_chosen, policy_rejected, ref_chosen, ref_rejected)
+        >>> out.loss.backward()
+    """
+
+    def __init__(
+        self,
+        loss_type: str | Sequence[str] = "sigmoid",
+        *,
+        beta: float = 0.1,
+        label_smoothing: float = 0.0,
+        loss_weights: Sequence[float] | None = None,
+        f_divergence: str = "reverse_kl",
+        f_alpha_divergence_coef: float = 0.5,
+        discopop_tau: float = 0.05,
+    ) -> None:
+        super().__init__()
+        types, weights = _check_loss_types(loss_type, loss_weights)
+        _check_hyperparameters(types, float(label_smoothing), f_divergence, float(discopop_tau))
+        _check_beta(beta, torch.empty(1))
+        self.loss_type: list[str] = types
+        self.loss_weights: list[float] = weights
+        self.beta = float(beta)
+        self.label_smoothing = float(label_smoothing)
+        self.f_divergence = f_divergence
+        self.f_alpha_divergence_coef = float(f_alpha_divergence_coef)
+        self.discopop_tau = float(discopop_tau)
+
+    def forward(
+        self,
+        policy_chosen_logps: Tensor,
+        policy_rejected_logps: Tensor,
+        ref_chosen_logps: Tensor,
+        ref_rejected_logps: Tensor,
+        chosen_lengths: Tensor | None = None,
+        rejected_lengths: Tensor | None = None,
+    ) -> DPOOutput:
+        """Compute :func:`dpo_loss` with this module's hyper-parameters; shapes ``(B,)``."""
+        return dpo_loss(
+            policy_chosen_logps,
+            policy_rejected_logps,
+            ref_chosen_logps,
+            ref_rejected_logps,
+            loss_type=self.loss_type,
+            beta=self.beta,
+            label_smoothing=self.label_smoothing,
+            loss_weights=self.loss_weights,
+            chosen_lengths=chosen_lengths,
+            rejected_lengths=rejected_lengths,
+            f_divergence=self.f_divergence,
+            f_alpha_divergence_coef=self.f_alpha_divergence_coef,
+            discopop_tau=self.discopop_tau,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"loss_type={self.loss_type}, loss_weights={self.loss_weights}, beta={self.beta}, "
+            f"label_smoothing={self.label_smoothing}, f_divergence={self.f_divergence!r}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# POVID
+# --------------------------------------------------------------------------------------------
+
+
+def _check_povid_hyperparameters(
+    combine: str, weights: Sequence[float], chosen_weight: float
+) -> tuple[float, float]:
+    """Check the POVID combination mode and weights; return ``(w_noisy, w_text)``."""
+    if combine not in POVID_COMBINES:
+        raise ValueError(f"unknown combine {combine!r}; valid ones: {POVID_COMBINES}")
+    pair = tuple(float(w) for w in weights)
+    if len(pair) != 2:
+        raise ValueError(
+            f"weights must have two entries (noisy weight, text weight), got {len(pair)}"
+        )
+    w_noisy, w_text = pair
+    if not all(math.isfinite(w) and w >= 0 for w in pair) or w_noisy + w_text <= 0:
+        raise ValueError(f"weights must be finite, >= 0 and not both 0, got {pair}")
+    if not (math.isfinite(chosen_weight) and chosen_weight > 0):
+        raise ValueError(f"chosen_weight must be a finite number > 0, got {chosen_weight}")
+    return w_noisy, w_text
+
+
+def povid_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    policy_noisy_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    ref_noisy_logps: Tensor,
+    *,
+    beta: float | Tensor = 0.1,
+    combine: str = "mean_of_dpo",
+    weights: Sequence[float] = (0.5, 0.5),
+    chosen_weight: float = 1.0,
+) -> POVIDOutput:
+    r"""The POVID dual-rejected preference loss (Zhou et al., arXiv:2402.11411).
+
+    Each pair has one chosen response :math:`y_w`, one rejected response with hallucinated text
+    :math:`y_l^{text}` (the ``rejected`` inputs) and one response the policy generated from a
+    noise-distorted image :math:`y_l^{noise}` (the ``noisy`` inputs). With
+    :math:`D(y) = \log\pi_\theta(y) - \log\pi_\mathrm{ref}(y)` (sums over response tokens) and
+    ``weights`` :math:`= (w_n, w_t)` — the **first** weight goes with the noisy rejected
+    response, the **second** with the text one, in both modes:
+
+    * ``"mean_of_dpo"`` (the official code, stage 2 — default): a weighted mean of two sigmoid
+      DPO losses,
+
+      .. math::
+          \frac{w_n\,\ell(D(y_w) - D(y_l^{noise})) + w_t\,\ell(D(y_w) - D(y_l^{text}))}
+               {w_n + w_t},
+          \qquad \ell(d) = -\log\sigma(\beta d);
+
+      with the default ``(0.5, 0.5)`` it is exactly the official
+      :math:`\tfrac12\ell(\cdot) + \tfrac12\ell(\cdot)`.
+      ``margins`` are :math:`\beta D(y_w) - \beta\frac{w_n D(y_l^{noise})
+      + w_t D(y_l^{text})}{w_n + w_t}`.
+    * ``"single_sigmoid"`` (the paper's objective, one sigmoid over a weighted margin):
+
+      .. math::
+          -\log\sigma\!\left(\beta\left(\alpha D(y_w)
+              - \left(w_t D(y_l^{text}) + w_n D(y_l^{noise})\right)\right)\right)
+
+      with :math:`\alpha` = ``chosen_weight``; ``margins`` are the argument of the sigmoid.
+
+    Args:
+        policy_chosen_logps: :math:`\log\pi_\theta(y_w)`, shape ``(B,)``.
+        policy_rejected_logps: :math:`\log\pi_\theta(y_l^{text})`, shape ``(B,)``.
+        policy_noisy_logps: :math:`\log\pi_\theta(y_l^{noise})`, shape ``(B,)``.
+        ref_chosen_logps: :math:`\log\pi_\mathrm{ref}(y_w)`, shape ``(B,)``.
+        ref_rejected_logps: :math:`\log\pi_\mathrm{ref}(y_l^{text})`, shape ``(B,)``.
+        ref_noisy_logps: :math:`\log\pi_\mathrm{ref}(y_l^{noise})`, shape ``(B,)``.
+        beta: :math:`\beta` (POVID's :math:`\tau`, 0.1), a float or a tensor broadcastable to
+            ``(B,)``.
+        combine: ``"mean_of_dpo"`` or ``"single_sigmoid"``.
+        weights: ``(noisy weight, text weight)``, finite, ``>= 0``, not both zero.
+        chosen_weight: :math:`\alpha`, the weight of the chosen term in ``"single_sigmoid"``
+            (ignored by ``"mean_of_dpo"``).
+
+    Returns:
+        A :class:`POVIDOutput`.
+
+    Raises:
+        ValueError: On inputs of the wrong type, dtype or shape, an unknown ``combine``, bad
+            ``weights`` or ``chosen_weight``, or a non-positive ``beta``.
+    """
+    (pc, pr, pn, rc, rr, rn), _ = _check_logps(
+        [
+            ("policy_chosen_logps", policy_chosen_logps),
+            ("policy_rejected_logps", policy_rejected_logps),
+            ("policy_noisy_logps", policy_noisy_logps),
+            ("ref_chosen_logps", ref_chosen_logps),
+            ("ref_rejected_logps", ref_rejected_logps),
+            ("ref_noisy_logps", ref_noisy_logps),
+        ]
+    )
+    w_noisy, w_text = _check_povid_hyperparameters(combine, weights, float(chosen_weight))
+    b = _check_beta(beta, pc)
+
+    d_chosen = pc - rc
+    d_text = pr - rr
+    d_noisy = pn - rn
+
+    if combine == "mean_of_dpo":
+        loss_noisy = -F.logsigmoid(b * (d_chosen - d_noisy))
+        loss_text = -F.logsigmoid(b * (d_chosen - d_text))
+        losses = (w_noisy * loss_noisy + w_text * loss_text) / (w_noisy + w_text)
+        margins = b * (d_chosen - (w_noisy * d_noisy + w_text * d_text) / (w_noisy + w_text))
+    else:  # single_sigmoid
+        margins = b * (chosen_weight * d_chosen - (w_text * d_text + w_noisy * d_noisy))
+        losses = -F.logsigmoid(margins)
+
+    chosen_rewards = (b * d_chosen).detach()
+    rejected_rewards = (b * d_text).detach()
+    noisy_rewards = (b * d_noisy).detach()
+    return POVIDOutput(
+        loss=losses.mean(),
+        losses=losses,
+        chosen_rewards=chosen_rewards,
+        rejected_rewards=rejected_rewards,
+        noisy_rewards=noisy_rewards,
+        margins=margins.detach(),
+        accuracies=((chosen_rewards > rejected_rewards) & (chosen_rewards > noisy_rewards)).float(),
+    )
+
+
+class POVIDLoss(nn.Module):
+    """:func:`povid_loss` as an ``nn.Module`` holding its hyper-parameters.
+
+    ``forward`` takes the six ``(B,)`` log-prob tensors (policy chosen, rejected, noisy; then
+    reference chosen, rejected, noisy) and returns a :class:`POVIDOutput`.
+    """
+
+    def __init__(
+        self,
+        *,
+        beta: float = 0.1,
+        combine: str = "mean_of_dpo",
+        weights: Sequence[float] = (0.5, 0.5),
+        chosen_weight: float = 1.0,
+    ) -> None:
+        super().__init__()
+        w_noisy, w_text = _check_povid_hyperparameters(combine, weights, float(chosen_weight))
+        _check_beta(beta, torch.empty(1))
+        self.beta = float(beta)
+        self.combine = combine
+        self.weights: tuple[float, float] = (w_noisy, w_text)
+        self.chosen_weight = float(chosen_weight)
+
+    def forward(
+        self,
+        policy_chosen_logps: Tensor,
+        policy_rejected_logps: Tensor,
+        policy_noisy_logps: Tensor,
+        ref_chosen_logps: Tensor,
+        ref_rejected_logps: Tensor,
+        ref_noisy_logps: Tensor,
+    ) -> POVIDOutput:
+        """Compute :func:`povid_loss` with this module's hyper-parameters; shapes ``(B,)``."""
+        return povid_loss(
+            policy_chosen_logps,
+            policy_rejected_logps,
+            policy_noisy_logps,
+            ref_chosen_logps,
+            ref_rejected_logps,
+            ref_noisy_logps,
+            beta=self.beta,
+            combine=self.combine,
+            weights=self.weights,
+            chosen_weight=self.chosen_weight,
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"beta={self.beta}, combine={self.combine!r}, weights={self.weights}, "
+            f"chosen_weight={self.chosen_weight}"
+        )
