@@ -35,6 +35,8 @@ from typing import Any, Literal, overload
 import torch
 from torch import Tensor
 
+from povidgen.train import _softmax_kernels
+
 __all__ = ["SequenceLogps", "sequence_logps"]
 
 
@@ -81,6 +83,25 @@ def _project(hidden: Tensor, weight: Tensor) -> Tensor:
     return torch.mm(hidden, weight.t()).to(_accumulation_dtype(hidden.dtype))
 
 
+def _row_logsumexp(logits: Tensor) -> Tensor:
+    """``(C, V) -> (C,)``; one fused pass on CUDA."""
+    if logits.is_cuda and _softmax_kernels.AVAILABLE and logits.dtype == torch.float32:
+        return _softmax_kernels.row_logsumexp(logits)
+    return torch.logsumexp(logits, dim=1)
+
+
+def _softmax_grad(
+    logits: Tensor, lse: Tensor, upstream: Tensor, targets: Tensor, out_dtype: torch.dtype
+) -> Tensor:
+    """``upstream[:, None] * (onehot(targets) - softmax(logits))`` in ``out_dtype``, ``(C, V)``:
+    the gradient of ``upstream * log softmax(logits)[targets]``. May overwrite ``logits``."""
+    if logits.is_cuda and _softmax_kernels.AVAILABLE and logits.dtype == torch.float32:
+        return _softmax_kernels.softmax_grad(logits, lse, upstream, targets, out_dtype)
+    logits.sub_(lse[:, None]).exp_().mul_(-upstream[:, None])
+    logits.scatter_add_(1, targets[:, None], upstream[:, None])
+    return logits.to(out_dtype)
+
+
 class _ChunkedTokenLogps(torch.autograd.Function):
     """``(N, H), (V, H), (N,) -> (N,)``: ``log softmax(h @ W^T)[y]`` per token, chunked."""
 
@@ -105,27 +126,23 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         )
         for start in range(0, n, chunk_size):
             end = min(start + chunk_size, n)
-            y = targets[start:end, None]
+            y = targets[start:end]
             logits = _project(hidden[start:end], weight)
-            target_logits = logits.gather(1, y).squeeze(1)
+            lse = _row_logsumexp(logits)
+            lse_all[start:end] = lse
+            out[start:end] = logits.gather(1, y[:, None]).squeeze(1) - lse
             if stats is not None:
                 stats["mean_logit"][start:end] = logits.mean(dim=1)
-                stats["correct"][start:end] = (logits.argmax(dim=1) == y.squeeze(1)).float()
-            peak = logits.amax(dim=1, keepdim=True)
-            logits.sub_(peak).exp_()  # exp(z - max), in place: no second (C, V) buffer
-            total = logits.sum(dim=1, keepdim=True)
-            lse = peak.squeeze(1) + total.squeeze(1).log()
-            lse_all[start:end] = lse
-            out[start:end] = target_logits - lse
-            if stats is not None:
-                # H = -sum p log p = log(total) - sum(e * log e) / total, with e = exp(z - max)
-                stats["entropy"][start:end] = total.squeeze(1).log() - torch.xlogy(
-                    logits, logits
-                ).sum(dim=1) / total.squeeze(1)
+                stats["correct"][start:end] = (logits.argmax(dim=1) == y).to(acc)
+                # H = -sum p log p = lse - sum p z
+                probs = (logits - lse[:, None]).exp_()
+                stats["entropy"][start:end] = lse - (probs * logits).sum(dim=1)
+                del probs
             if unit_grad is not None:
-                logits.div_(total).neg_()  # -softmax
-                logits.scatter_add_(1, y, torch.ones_like(y, dtype=logits.dtype))
-                unit_grad[start:end] = torch.mm(logits.to(weight.dtype), weight).to(acc)
+                ones = torch.ones_like(lse)
+                grad_logits = _softmax_grad(logits, lse, ones, y, weight.dtype)
+                del logits  # free the fp32 chunk before the matmul allocates its output
+                unit_grad[start:end] = torch.mm(grad_logits, weight).to(acc)
         ctx.chunk_size = chunk_size
         ctx.eager = unit_grad is not None
         ctx.hidden_dtype = hidden.dtype
@@ -137,7 +154,7 @@ class _ChunkedTokenLogps(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        grad_out = grad_out.to(_accumulation_dtype(ctx.hidden_dtype))
+        grad_out = grad_out.to(_accumulation_dtype(ctx.hidden_dtype)).contiguous()
         if ctx.eager:
             (unit_grad,) = ctx.saved_tensors
             grad_hidden = (unit_grad * grad_out[:, None]).to(ctx.hidden_dtype)
@@ -150,12 +167,11 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk):
             end = min(start + chunk, hidden.shape[0])
             h = hidden[start:end]
-            g = grad_out[start:end, None]
             logits = _project(h, weight)
-            # d out_t / d z_t = onehot(y_t) - softmax(z_t), scaled by the upstream gradient
-            logits.sub_(lse_all[start:end, None]).exp_().mul_(-g)
-            logits.scatter_add_(1, targets[start:end, None], g)
-            grad_logits = logits.to(weight.dtype)
+            grad_logits = _softmax_grad(
+                logits, lse_all[start:end], grad_out[start:end], targets[start:end], weight.dtype
+            )
+            del logits
             if grad_hidden is not None:
                 grad_hidden[start:end] = torch.mm(grad_logits, weight)
             if grad_weight is not None:

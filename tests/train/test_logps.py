@@ -221,3 +221,21 @@ def test_cuda_bf16_matches_an_fp32_reference(trainable_head: bool) -> None:
     assert relative_error(ours, reference) < 1e-3
     for mine, theirs in zip(ours_grads, reference_grads, strict=True):
         assert relative_error(mine, theirs) < 1e-2
+
+
+@cuda
+@pytest.mark.parametrize("vocab", [33, 5000, 152064])
+def test_cuda_fused_softmax_kernels_match_torch(vocab: int) -> None:
+    from povidgen.train import _softmax_kernels
+
+    if not _softmax_kernels.AVAILABLE:
+        pytest.skip("triton is not installed")
+    generator = torch.Generator().manual_seed(vocab)
+    logits = (torch.randn(7, vocab, generator=generator) * 4).cuda()
+    upstream = torch.randn(7, generator=generator).cuda()
+    targets = torch.randint(0, vocab, (7,), generator=generator).cuda()
+    lse = _softmax_kernels.row_logsumexp(logits)
+    torch.testing.assert_close(lse, torch.logsumexp(logits, dim=1))
+    grad = _softmax_kernels.softmax_grad(logits, lse, upstream, targets, torch.float32)
+    onehot = torch.nn.functional.one_hot(targets, vocab).float()
+    torch.testing.assert_close(grad, upstream[:, None] * (onehot - logits.softmax(dim=1)))
