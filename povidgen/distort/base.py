@@ -2,52 +2,161 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from abc import ABC
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar, TypeVar
 
+import numpy as np
+import torch
 from PIL import Image
 
+from povidgen.distort.philox import check_seeds
+from povidgen.distort.tensors import unpack
 from povidgen.errors import DistortionError
+from povidgen.seeding import derive_seed
 
-__all__ = ["Distorter"]
+__all__ = ["Distorter", "pick"]
+
+_T = TypeVar("_T")
+
+SEVERITIES = (1, 2, 3, 4, 5)
+
+
+def pick(
+    name: str,
+    value: _T | None,
+    severity: int | None,
+    table: Mapping[int, Mapping[str, Any]],
+    default: _T,
+) -> _T:
+    """A distorter setting: the explicit ``value``, else the ``severity`` table's, else ``default``."""
+    if value is not None:
+        return value
+    if severity is None:
+        return default
+    if isinstance(severity, bool) or severity not in SEVERITIES:
+        raise ValueError(f"severity must be an int from 1 to 5, got {severity!r}")
+    chosen: _T = table[severity].get(name, default)
+    return chosen
 
 
 class Distorter(ABC):
-    """Corrupts an image, reproducibly for a given seed.
+    """Corrupts images, reproducibly for a given seed, on every kind of image input.
 
-    Call it as ``distorter(image, seed=...)``: it checks the input, calls :meth:`distort`, and
-    checks that the result is a PIL image of the same size. Subclasses implement
-    :meth:`distort`, set :attr:`name`, and report their settings through :meth:`params`.
+    Call it as ``distorter(image, seed=...)`` on a PIL image (any common mode), a uint8 numpy
+    array, or a float tensor ``(C, H, W)`` / ``(B, C, H, W)`` with values in ``[0, 1]`` on any
+    device; the result has the input's kind, size and mode family (see
+    :mod:`povidgen.distort.tensors`). For a 4-D tensor and one ``seed``, item ``i`` uses
+    ``derive_seed(seed, i)``; :meth:`batch` takes one seed per item. The same seed gives the same
+    result whatever the input kind, batch or device (within float tolerance).
 
-    Register a subclass for :func:`povidgen.get_distorter` through the entry-point group
-    ``povidgen.distorters`` in your package's metadata.
+    Subclasses implement one of two hooks and set :attr:`name`:
+
+    * :meth:`distort_batch` (preferred): ``(B, C, H, W)`` float32 in ``[0, 1]`` plus one seed
+      per item -> a tensor of the same shape; everything else is derived;
+    * :meth:`distort`: PIL image -> PIL image, for operations that only exist on PIL images.
+      The other paths then go through PIL one image at a time.
+
+    Report settings through :meth:`params` and, optionally, a ``SEVERITIES`` table (1 = mild,
+    5 = severe) that the constructor's ``severity=`` reads with :func:`pick`. Register a
+    subclass for :func:`povidgen.get_distorter` through the entry-point group
+    ``povidgen.distorters``.
     """
 
     name: ClassVar[str] = "custom"
     """The short name recorded in provenance (and, by convention, the entry-point name)."""
 
-    @abstractmethod
-    def distort(self, image: Image.Image, *, seed: int) -> Image.Image:
-        """Return a corrupted copy of ``image``; the same ``seed`` gives the same result."""
+    SEVERITIES: ClassVar[Mapping[int, Mapping[str, Any]]] = {}
+    """Constructor settings for ``severity=1..5``."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        overrides_tensor = cls.distort_batch is not Distorter.distort_batch
+        overrides_pil = cls.distort is not Distorter.distort
+        if not (overrides_tensor or overrides_pil):
+            # neither hook: the class stays abstract, as if distort_batch were abstract
+            cls.__abstractmethods__ = frozenset({"distort_batch", *cls.__abstractmethods__})
 
     def params(self) -> dict[str, Any]:
-        """The parameters that determine the output, recorded in provenance."""
+        """The parameters that determine the output, recorded in provenance (JSON-serialisable)."""
         return {}
 
-    def __call__(self, image: Image.Image, *, seed: int) -> Image.Image:
-        if not isinstance(image, Image.Image):
-            raise DistortionError(
-                f"{type(self).__name__} takes a PIL image, got {type(image).__name__}"
-            )
+    # -- hooks ---------------------------------------------------------------------------------
+
+    def distort_batch(self, images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        """Distort a ``(B, C, H, W)`` float32 batch in ``[0, 1]``; item ``i`` uses ``seeds[i]``.
+
+        Values may leave ``[0, 1]``; :meth:`finish` settles them. The default goes through
+        :meth:`distort` one image at a time.
+        """
+        results = []
+        for image, seed in zip(images, seeds, strict=True):
+            grey = image.shape[0] == 1
+            pixels = image.clamp(0, 1).mul(255).round().to(torch.uint8)
+            array = pixels[0].cpu().numpy() if grey else pixels.permute(1, 2, 0).cpu().numpy()
+            pil = Image.fromarray(array, mode="L" if grey else "RGB")
+            if image.shape[0] not in (1, 3):
+                raise DistortionError(
+                    f"{type(self).__name__} works through PIL and takes 1 or 3 channels, "
+                    f"got {image.shape[0]}"
+                )
+            out = torch.from_numpy(_as_array(self.distort(pil, seed=seed), grey))
+            results.append(out.to(image.device, torch.float32).div_(255))
+        return torch.stack(results)
+
+    def distort(self, image: Image.Image, *, seed: int) -> Image.Image:
+        """Distort one PIL image. The default goes through :meth:`distort_batch`."""
+        return self._run(image, [seed])  # type: ignore[no-any-return]
+
+    def finish(self, images: torch.Tensor, levels: int | None) -> torch.Tensor:
+        """Map distorted values back into ``[0, 1]`` before they are stored; clamps by default.
+        ``levels`` is 256 for 8-bit sources, 65536 for 16-bit ones, ``None`` for floats."""
+        return images.clamp_(0.0, 1.0)
+
+    # -- public entry points ---------------------------------------------------------------------
+
+    def __call__(self, image: Any, *, seed: int) -> Any:
+        """Distort ``image`` (PIL, uint8 array or float tensor) with ``seed``."""
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise DistortionError(f"seed must be an int, got {type(seed).__name__}")
-        result = self.distort(image, seed=seed)
-        if not isinstance(result, Image.Image) or result.size != image.size:
+        if isinstance(image, Image.Image) and type(self).distort is not Distorter.distort:
+            result = self.distort(image, seed=seed)
+            if not isinstance(result, Image.Image) or result.size != image.size:
+                raise DistortionError(
+                    f"{type(self).__name__}.distort must return a PIL image of size {image.size}"
+                )
+            return result
+        if isinstance(image, torch.Tensor) and image.dim() == 4:
+            return self._run(image, [derive_seed(seed, i) for i in range(image.shape[0])])
+        return self._run(image, [seed])
+
+    def batch(self, images: torch.Tensor, seeds: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """Distort a float batch ``(B, C, H, W)``; item ``i`` uses ``seeds[i]``. Equal, item by
+        item, to calling the distorter on each image with its seed."""
+        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+            raise DistortionError("batch() takes a float tensor of shape (B, C, H, W)")
+        return self._run(images, seeds)
+
+    def _run(self, image: Any, seeds: Sequence[int] | torch.Tensor) -> Any:
+        unpacked = unpack(image)
+        seed_list = check_seeds(seeds, unpacked.tensor.shape[0])
+        result = self.distort_batch(unpacked.tensor, seed_list)
+        if result.shape != unpacked.tensor.shape:
             raise DistortionError(
-                f"{type(self).__name__}.distort must return a PIL image of size {image.size}"
+                f"{type(self).__name__}.distort_batch returned shape {tuple(result.shape)} for "
+                f"input {tuple(unpacked.tensor.shape)}"
             )
-        return result
+        return unpacked.repack(self.finish(result, unpacked.levels))
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
+
+
+def _as_array(image: Image.Image, grey: bool) -> Any:
+    array = np.asarray(image.convert("L" if grey else "RGB"))
+    return array[None] if grey else np.ascontiguousarray(np.moveaxis(array, -1, 0))
+
+
+# The base class itself implements neither hook, so it cannot be instantiated either.
+Distorter.__abstractmethods__ = frozenset({"distort_batch"})

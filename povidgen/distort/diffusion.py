@@ -1,7 +1,7 @@
-"""POVID's image distortion: the closed-form forward diffusion process on raw pixels.
+"""POVID's image distortion: the closed-form forward diffusion process.
 
-For a clean image ``x_0`` with values in ``[0, 1]`` and step ``t`` (0-based) of a ``T``-step
-schedule with betas ``beta_s``::
+For a clean image ``x_0`` and step ``t`` (0-based) of a ``T``-step schedule with betas
+``beta_s``::
 
     abar_t = prod_{s <= t} (1 - beta_s)
     x_t    = sqrt(abar_t) * x_0 + sqrt(1 - abar_t) * eps,      eps ~ N(0, I)
@@ -9,93 +9,134 @@ schedule with betas ``beta_s``::
 POVID uses ``T = 1000`` sigmoid betas,
 ``beta = sigmoid(linspace(-6, 6, T)) * (5e-3 - 1e-5) + 1e-5``, and ``t = 500``, so
 ``sqrt(abar) = 0.8630`` and ``sqrt(1 - abar) = 0.5052``. The noise is added to the raw image
-at native resolution, before any square padding or CLIP resize/normalise.
+at native resolution (``space="pixel"``, values in ``[0, 1]``), before any square padding or
+CLIP resize/normalise. ``space="normalized"`` adds it to an already preprocessed tensor instead
+(what some trainers do after the processor).
 
-``x_t`` leaves ``[0, 1]`` (about a third of the values at ``t = 500``). The official code turns it
-back into 8-bit pixels with ``(x * 255).byte()``, which truncates towards zero and wraps modulo
-256: ``overflow="wrap"`` reproduces that bit for bit. ``overflow="clamp"`` (the default) clips to
-``[0, 1]`` and rounds, which is what a clean pipeline does.
+In pixel space ``x_t`` leaves ``[0, 1]`` (about a third of the values at ``t = 500``). The
+official code turns it back into 8-bit pixels with ``(x * 255).byte()``, which truncates towards
+zero and wraps modulo 256: ``overflow="wrap"`` reproduces that bit for bit (for every input
+kind, as ``trunc(255 x) mod 256 / 255``). ``overflow="clamp"`` (the default) clips to ``[0, 1]``.
+
+The noise ``eps`` is povidgen's device-independent Philox noise (:mod:`povidgen.distort.philox`);
+on CUDA the whole expression, noise included, is one fused kernel.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from PIL import Image
 
-from povidgen.distort.base import Distorter
-from povidgen.errors import DistortionError
+from povidgen.distort.base import Distorter, pick
+from povidgen.distort.philox import affine_noise
 
-__all__ = ["DiffusionNoise", "sigmoid_schedule"]
+__all__ = ["SCHEDULES", "DiffusionNoise", "alphas_cumprod", "sigmoid_schedule"]
 
-Overflow = Literal["wrap", "clamp"]
-
-_EIGHT_BIT_MODES = {"L": 0, "LA": 1, "RGB": 0, "RGBA": 1, "CMYK": 0}  # value: alpha bands
-_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I"}
+Schedule = Literal["sigmoid", "linear", "cosine"]
+Space = Literal["pixel", "normalized"]
+Overflow = Literal["clamp", "wrap", "none"]
+SCHEDULES: tuple[str, ...] = ("sigmoid", "linear", "cosine")
+_OVERFLOW_MODES = {"none": 0, "clamp": 1, "wrap": 2}
 
 
 @functools.cache
 def sigmoid_schedule(num_steps: int = 1000) -> tuple[npt.NDArray[np.float64], ...]:
     """POVID's sigmoid beta schedule and its cumulative products, in float64.
 
-    Returns ``(betas, alphas_cumprod)``, each of shape ``(num_steps,)``, with
-    ``betas = sigmoid(linspace(-6, 6, num_steps)) * (5e-3 - 1e-5) + 1e-5`` and
-    ``alphas_cumprod[t] = prod_{s <= t} (1 - betas[s])``.
+    Returns ``(betas, alphas_cumprod)``, each of shape ``(num_steps,)``.
     """
+    betas = _betas("sigmoid", num_steps)
+    return betas, alphas_cumprod("sigmoid", num_steps)
+
+
+def _betas(schedule: str, num_steps: int) -> npt.NDArray[np.float64]:
     if num_steps < 1:
         raise ValueError(f"num_steps must be at least 1, got {num_steps}")
-    ramp = np.linspace(-6.0, 6.0, num_steps)
-    betas = 1.0 / (1.0 + np.exp(-ramp)) * (5e-3 - 1e-5) + 1e-5
-    alphas_cumprod: npt.NDArray[np.float64] = np.cumprod(1.0 - betas, dtype=np.float64)
-    betas.setflags(write=False)
-    alphas_cumprod.setflags(write=False)
-    return betas, alphas_cumprod
+    if schedule == "sigmoid":
+        # POVID / VCD: sigmoid(linspace(-6, 6, T)) * (5e-3 - 1e-5) + 1e-5
+        ramp = np.linspace(-6.0, 6.0, num_steps)
+        return 1.0 / (1.0 + np.exp(-ramp)) * (5e-3 - 1e-5) + 1e-5
+    if schedule == "linear":
+        # DDPM (Ho et al., 2020): beta from 1e-4 to 0.02
+        return np.linspace(1e-4, 0.02, num_steps, dtype=np.float64)
+    if schedule == "cosine":
+        # Improved DDPM (Nichol & Dhariwal, 2021): abar(t) = cos^2(((t / T + s) / (1 + s)) pi / 2)
+        s = 0.008
+        grid = np.arange(num_steps + 1, dtype=np.float64) / num_steps
+        f = np.cos((grid + s) / (1 + s) * math.pi / 2) ** 2
+        return np.minimum(1.0 - f[1:] / f[:-1], 0.999)
+    raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+
+
+@functools.cache
+def alphas_cumprod(schedule: str = "sigmoid", num_steps: int = 1000) -> npt.NDArray[np.float64]:
+    """``abar[t] = prod_{s <= t} (1 - beta_s)`` for a schedule, ``(num_steps,)`` float64."""
+    out: npt.NDArray[np.float64] = np.cumprod(1.0 - _betas(schedule, num_steps), dtype=np.float64)
+    out.setflags(write=False)
+    return out
 
 
 class DiffusionNoise(Distorter):
-    """POVID's forward-diffusion noise on raw pixels (see the module docstring for the maths).
+    """Forward-diffusion noise (see the module docstring for the maths).
 
     Args:
         step: the 0-based diffusion step ``t``; POVID uses 500, BPO 900, SeVa 500 or 800.
         num_steps: the schedule length ``T``.
-        schedule: the beta schedule; ``"sigmoid"`` is POVID's and, for now, the only one.
-        overflow: ``"clamp"`` clips ``x_t`` to ``[0, 1]`` and rounds; ``"wrap"`` reproduces the
-            official code's unclamped ``(x * 255).byte()`` (truncate, then wrap modulo 256).
-
-    Call it as ``noise(image, seed=...)``. The result has the input's size and mode family:
-    L, RGB and CMYK stay 8-bit in the same mode; LA and RGBA keep their alpha band untouched;
-    16-bit greyscale (``I;16``, ``I``) stays 16-bit; ``1`` becomes ``L``; ``P`` becomes ``RGB``
-    (``RGBA`` if it has transparency). ``F`` images are taken to hold values in ``[0, 1]``.
-    The noise is a function of ``seed`` alone, drawn with torch's CPU generator.
+        schedule: ``"sigmoid"`` (POVID's), ``"linear"`` (DDPM) or ``"cosine"`` (improved DDPM).
+        space: ``"pixel"`` for images with values in ``[0, 1]``; ``"normalized"`` for
+            preprocessed tensors (tensor inputs only; values are left unbounded).
+        overflow: ``"clamp"`` (pixel default), ``"wrap"`` (the official unclamped 8-bit cast) or
+            ``"none"`` (normalized default; keep values as they are).
+        severity: 1..5 picks ``step`` 100, 300, 500, 700, 900 unless ``step`` is given.
     """
 
     name: ClassVar[str] = "diffusion"
+    SEVERITIES: ClassVar[dict[int, dict[str, Any]]] = {
+        1: {"step": 100},
+        2: {"step": 300},
+        3: {"step": 500},
+        4: {"step": 700},
+        5: {"step": 900},
+    }
 
     def __init__(
         self,
-        step: int = 500,
+        step: int | None = None,
         *,
         num_steps: int = 1000,
-        schedule: Literal["sigmoid"] = "sigmoid",
-        overflow: Overflow = "clamp",
-    ):
-        if schedule != "sigmoid":
-            raise ValueError(f"schedule must be 'sigmoid' (POVID's), got {schedule!r}")
+        schedule: Schedule = "sigmoid",
+        space: Space = "pixel",
+        overflow: Overflow | None = None,
+        severity: int | None = None,
+    ) -> None:
+        step = pick("step", step, severity, self.SEVERITIES, 500)
         if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 1:
             raise ValueError(f"num_steps must be a positive int, got {num_steps!r}")
         if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step < num_steps:
             raise ValueError(f"step must be an int in [0, {num_steps - 1}], got {step!r}")
-        if overflow not in ("wrap", "clamp"):
-            raise ValueError(f"overflow must be 'wrap' or 'clamp', got {overflow!r}")
+        if schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
+        if space not in ("pixel", "normalized"):
+            raise ValueError(f"space must be 'pixel' or 'normalized', got {space!r}")
+        if overflow is None:
+            overflow = "clamp" if space == "pixel" else "none"
+        if overflow not in _OVERFLOW_MODES:
+            raise ValueError(f"overflow must be 'clamp', 'wrap' or 'none', got {overflow!r}")
+        if space == "normalized" and overflow != "none":
+            raise ValueError(
+                "space='normalized' has no pixel range to clamp or wrap; use overflow='none'"
+            )
         self.step = step
         self.num_steps = num_steps
+        self.schedule: Schedule = schedule
+        self.space: Space = space
         self.overflow: Overflow = overflow
-        _, alphas_cumprod = sigmoid_schedule(num_steps)
-        abar = float(alphas_cumprod[step])
+        abar = float(alphas_cumprod(schedule, num_steps)[step])
         self.signal_scale = abar**0.5
         """``sqrt(abar_t)``, the factor on the clean image."""
         self.noise_scale = (1.0 - abar) ** 0.5
@@ -105,71 +146,20 @@ class DiffusionNoise(Distorter):
         return {
             "step": self.step,
             "num_steps": self.num_steps,
-            "schedule": "sigmoid",
+            "schedule": self.schedule,
+            "space": self.space,
             "overflow": self.overflow,
         }
 
-    def noise_float(
-        self, x0: npt.NDArray[np.floating[Any]], *, seed: int
-    ) -> npt.NDArray[np.float32]:
-        """``x_t`` for a float array ``x0`` of any shape with values in ``[0, 1]``, unclipped."""
-        generator = torch.Generator().manual_seed(seed)
-        array = np.ascontiguousarray(x0, dtype=np.float32)
-        if not array.flags.writeable:  # torch.from_numpy warns on read-only buffers
-            array = array.copy()
-        x = torch.from_numpy(array)
-        eps = torch.randn(x.shape, generator=generator, dtype=torch.float32)
-        # eps is ours, so scale it in place instead of allocating two more temporaries
-        eps.mul_(self.noise_scale).add_(x, alpha=self.signal_scale)
-        return eps.numpy()
-
-    def distort(self, image: Image.Image, *, seed: int) -> Image.Image:
-        mode = image.mode
-        if mode == "1":
-            image, mode = image.convert("L"), "L"
-        elif mode in ("P", "PA"):
-            has_alpha = mode == "PA" or "transparency" in image.info
-            mode = "RGBA" if has_alpha else "RGB"
-            image = image.convert(mode)
-
-        if mode in _EIGHT_BIT_MODES:
-            return self._distort_integer(image, seed=seed, levels=256)
-        if mode in _SIXTEEN_BIT_MODES:
-            return self._distort_integer(image, seed=seed, levels=65536)
-        if mode == "F":
-            x = self.noise_float(np.asarray(image, dtype=np.float32), seed=seed)
-            if self.overflow == "clamp":
-                np.clip(x, 0.0, 1.0, out=x)
-            return Image.fromarray(x, mode="F")
-        raise DistortionError(
-            f"DiffusionNoise cannot distort images of mode {image.mode!r}; supported modes: "
-            "1, L, LA, P, PA, RGB, RGBA, CMYK, I;16, I, F (convert others with image.convert)"
+    def distort_batch(self, images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
+        return affine_noise(
+            images,
+            seeds,
+            self.signal_scale,
+            self.noise_scale,
+            mode=_OVERFLOW_MODES[self.overflow],
         )
 
-    def _distort_integer(self, image: Image.Image, *, seed: int, levels: int) -> Image.Image:
-        alpha_bands = _EIGHT_BIT_MODES.get(image.mode, 0)
-        pixels = np.asarray(image)
-        if image.mode == "I" and (pixels.min() < 0 or pixels.max() >= levels):
-            raise DistortionError(
-                "DiffusionNoise treats mode 'I' images as 16-bit, but this one has values in "
-                f"[{pixels.min()}, {pixels.max()}]"
-            )
-        colour = pixels[..., : pixels.shape[-1] - alpha_bands] if alpha_bands else pixels
-        top = levels - 1
-        x = self.noise_float(colour.astype(np.float32) / np.float32(top), seed=seed)
-        x *= top
-        if self.overflow == "wrap":
-            # (x * 255).byte() in torch: truncate towards zero, keep the low bits
-            quantised = np.trunc(x).astype(np.int64) % levels
-        else:
-            quantised = np.clip(np.rint(x), 0, top).astype(np.int64)
-        out = quantised.astype(pixels.dtype if levels > 256 else np.uint8)
-        if alpha_bands:
-            out = np.concatenate([out, pixels[..., -alpha_bands:]], axis=-1)
-        if image.mode == "I":
-            return Image.fromarray(out.astype(np.int32), mode="I")
-        if image.mode.startswith("I;16"):
-            result = Image.new(image.mode, image.size)
-            result.frombytes(out.astype(pixels.dtype).tobytes())
-            return result
-        return Image.fromarray(out, mode=image.mode)
+    def finish(self, images: torch.Tensor, levels: int | None) -> torch.Tensor:
+        # the overflow policy is already applied, fused with the noise
+        return images
