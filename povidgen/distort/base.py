@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from abc import ABC
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
@@ -29,7 +28,8 @@ def pick(
     table: Mapping[int, Mapping[str, Any]],
     default: _T,
 ) -> _T:
-    """A distorter setting: the explicit ``value``, else the ``severity`` table's, else ``default``."""
+    """A distorter setting: the explicit ``value``, else the ``severity`` table's, else
+    ``default``."""
     if value is not None:
         return value
     if severity is None:
@@ -40,7 +40,7 @@ def pick(
     return chosen
 
 
-class Distorter(ABC):
+class Distorter:
     """Corrupts images, reproducibly for a given seed, on every kind of image input.
 
     Call it as ``distorter(image, seed=...)`` on a PIL image (any common mode), a uint8 numpy
@@ -69,13 +69,13 @@ class Distorter(ABC):
     SEVERITIES: ClassVar[Mapping[int, Mapping[str, Any]]] = {}
     """Constructor settings for ``severity=1..5``."""
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        overrides_tensor = cls.distort_batch is not Distorter.distort_batch
-        overrides_pil = cls.distort is not Distorter.distort
-        if not (overrides_tensor or overrides_pil):
-            # neither hook: the class stays abstract, as if distort_batch were abstract
-            cls.__abstractmethods__ = frozenset({"distort_batch", *cls.__abstractmethods__})
+    def __new__(cls, *args: Any, **kwargs: Any) -> Distorter:
+        if cls.distort_batch is Distorter.distort_batch and cls.distort is Distorter.distort:
+            raise TypeError(
+                f"Can't instantiate {cls.__name__}: a Distorter implements distort_batch "
+                "(tensors) or distort (PIL images)"
+            )
+        return super().__new__(cls)
 
     def params(self) -> dict[str, Any]:
         """The parameters that determine the output, recorded in provenance (JSON-serialisable)."""
@@ -92,14 +92,14 @@ class Distorter(ABC):
         results = []
         for image, seed in zip(images, seeds, strict=True):
             grey = image.shape[0] == 1
-            pixels = image.clamp(0, 1).mul(255).round().to(torch.uint8)
-            array = pixels[0].cpu().numpy() if grey else pixels.permute(1, 2, 0).cpu().numpy()
-            pil = Image.fromarray(array, mode="L" if grey else "RGB")
             if image.shape[0] not in (1, 3):
                 raise DistortionError(
                     f"{type(self).__name__} works through PIL and takes 1 or 3 channels, "
                     f"got {image.shape[0]}"
                 )
+            pixels = image.clamp(0, 1).mul(255).round().to(torch.uint8).cpu()
+            array = pixels[0].numpy() if grey else pixels.permute(1, 2, 0).contiguous().numpy()
+            pil = Image.fromarray(array)
             out = torch.from_numpy(_as_array(self.distort(pil, seed=seed), grey))
             results.append(out.to(image.device, torch.float32).div_(255))
         return torch.stack(results)
@@ -135,7 +135,8 @@ class Distorter(ABC):
         item, to calling the distorter on each image with its seed."""
         if not isinstance(images, torch.Tensor) or images.dim() != 4:
             raise DistortionError("batch() takes a float tensor of shape (B, C, H, W)")
-        return self._run(images, seeds)
+        result: torch.Tensor = self._run(images, seeds)
+        return result
 
     def _run(self, image: Any, seeds: Sequence[int] | torch.Tensor) -> Any:
         unpacked = unpack(image)
@@ -154,9 +155,6 @@ class Distorter(ABC):
 
 
 def _as_array(image: Image.Image, grey: bool) -> Any:
-    array = np.asarray(image.convert("L" if grey else "RGB"))
+    """A PIL result as a writable ``(C, H, W)`` uint8 array."""
+    array = np.array(image.convert("L" if grey else "RGB"))
     return array[None] if grey else np.ascontiguousarray(np.moveaxis(array, -1, 0))
-
-
-# The base class itself implements neither hook, so it cannot be instantiated either.
-Distorter.__abstractmethods__ = frozenset({"distort_batch"})

@@ -60,7 +60,8 @@ def _betas(schedule: str, num_steps: int) -> npt.NDArray[np.float64]:
     if schedule == "sigmoid":
         # POVID / VCD: sigmoid(linspace(-6, 6, T)) * (5e-3 - 1e-5) + 1e-5
         ramp = np.linspace(-6.0, 6.0, num_steps)
-        return 1.0 / (1.0 + np.exp(-ramp)) * (5e-3 - 1e-5) + 1e-5
+        sigmoid: npt.NDArray[np.float64] = 1.0 / (1.0 + np.exp(-ramp))
+        return sigmoid * (5e-3 - 1e-5) + 1e-5
     if schedule == "linear":
         # DDPM (Ho et al., 2020): beta from 1e-4 to 0.02
         return np.linspace(1e-4, 0.02, num_steps, dtype=np.float64)
@@ -68,7 +69,7 @@ def _betas(schedule: str, num_steps: int) -> npt.NDArray[np.float64]:
         # Improved DDPM (Nichol & Dhariwal, 2021): abar(t) = cos^2(((t / T + s) / (1 + s)) pi / 2)
         s = 0.008
         grid = np.arange(num_steps + 1, dtype=np.float64) / num_steps
-        f = np.cos((grid + s) / (1 + s) * math.pi / 2) ** 2
+        f: npt.NDArray[np.float64] = np.cos((grid + s) / (1 + s) * math.pi / 2) ** 2
         return np.minimum(1.0 - f[1:] / f[:-1], 0.999)
     raise ValueError(f"schedule must be one of {SCHEDULES}, got {schedule!r}")
 

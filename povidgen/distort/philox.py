@@ -24,15 +24,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from povidgen.distort import _philox_kernels
 from povidgen.errors import DistortionError
 
-try:
-    import triton
-    import triton.language as tl
-except ImportError:
-    TRITON = False
-else:
-    TRITON = True
+TRITON = _philox_kernels.AVAILABLE
 
 __all__ = ["TRITON", "affine_noise", "check_seeds", "gaussian_noise"]
 
@@ -81,7 +76,7 @@ def gaussian_noise(
     device = torch.device(device)
     if device.type == "cuda" and TRITON:
         out = torch.empty((len(seed_list), n), dtype=torch.float32, device=device)
-        _launch(out, out, seed_list, 0.0, 1.0, mode=0)
+        _philox_kernels.launch(out, out, seed_list, 0.0, 1.0, mode=0)
         return out.reshape(len(seed_list), *shape)
     return _cpu_noise(seed_list, n).reshape(len(seed_list), *shape).to(device)
 
@@ -96,7 +91,7 @@ def affine_noise(
     flat = images.reshape(batch, -1)
     if images.is_cuda and TRITON:
         out = torch.empty_like(flat)
-        _launch(flat.contiguous(), out, list(seeds), signal, noise, mode=mode)
+        _philox_kernels.launch(flat.contiguous(), out, list(seeds), signal, noise, mode=mode)
         return out.reshape(images.shape)
     eps = _cpu_noise(list(seeds), flat.shape[1]).to(images.device)
     out = eps.mul_(noise).add_(flat, alpha=signal)
@@ -105,85 +100,3 @@ def affine_noise(
     elif mode == 2:
         out = torch.remainder(torch.trunc(out * 255.0), 256.0).div_(255.0)
     return out.reshape(images.shape)
-
-
-_BLOCKS_PER_PROGRAM = 256  # Philox blocks per program; each block gives 8 normals
-
-
-def _launch(
-    source: torch.Tensor, out: torch.Tensor, seeds: list[int], signal: float, noise: float, *, mode: int
-) -> None:
-    batch, n = out.shape
-    seed_tensor = torch.tensor(
-        np.array(seeds, dtype=np.uint64).view(np.int64), device=out.device
-    )
-    blocks = (n + 7) // 8
-    grid = (triton.cdiv(blocks, _BLOCKS_PER_PROGRAM), batch)
-    _philox_affine_kernel[grid](
-        source,
-        out,
-        seed_tensor,
-        n,
-        signal,
-        noise,
-        USE_SOURCE=source is not out,
-        MODE=mode,
-        BLOCK=_BLOCKS_PER_PROGRAM,
-    )
-
-
-if TRITON:
-
-    @triton.jit  # type: ignore[misc]
-    def _philox4x64(c0, c1, c2, c3, k0, k1):  # type: ignore[no-untyped-def]
-        m0 = tl.full(c0.shape, 0xD2E7470EE14C6C93, tl.uint64)
-        m1 = tl.full(c0.shape, 0xCA5A826395121157, tl.uint64)
-        for _ in tl.static_range(10):
-            hi0 = tl.umulhi(m0, c0)
-            lo0 = m0 * c0
-            hi1 = tl.umulhi(m1, c2)
-            lo1 = m1 * c2
-            c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
-            k0 = k0 + 0x9E3779B97F4A7C15
-            k1 = k1 + 0xBB67AE8584CAA73B
-        return c0, c1, c2, c3
-
-    @triton.jit  # type: ignore[misc]
-    def _emit(source_ptr, out_ptr, base, index, word, n, signal, noise, USE_SOURCE: tl.constexpr, MODE: tl.constexpr):  # type: ignore[no-untyped-def]
-        lo = (word & 0xFFFFFFFF).to(tl.float32)
-        hi = (word >> 32).to(tl.float32)
-        radius = tl.sqrt(-2.0 * tl.log((lo + 1.0) * 2.3283064365386963e-10))
-        angle = hi * 2.3283064365386963e-10 * 6.283185307179586
-        for half in tl.static_range(2):
-            if half == 0:
-                z = radius * tl.cos(angle)
-            else:
-                z = radius * tl.sin(angle)
-            position = index + half
-            inside = position < n
-            if USE_SOURCE:
-                x = tl.load(source_ptr + base + position, mask=inside, other=0.0)
-                y = signal * x + noise * z
-            else:
-                y = z
-            if MODE == 1:
-                y = tl.minimum(tl.maximum(y, 0.0), 1.0)
-            if MODE == 2:
-                scaled = y * 255.0
-                whole = tl.where(scaled < 0, -tl.floor(-scaled), tl.floor(scaled))
-                y = (whole - 256.0 * tl.floor(whole / 256.0)) / 255.0
-            tl.store(out_ptr + base + position, y, mask=inside)
-
-    @triton.jit  # type: ignore[misc]
-    def _philox_affine_kernel(source_ptr, out_ptr, seed_ptr, n, signal, noise, USE_SOURCE: tl.constexpr, MODE: tl.constexpr, BLOCK: tl.constexpr):  # type: ignore[no-untyped-def]
-        item = tl.program_id(1)
-        blocks = tl.program_id(0).to(tl.uint64) * BLOCK + tl.arange(0, BLOCK).to(tl.uint64)
-        key = tl.load(seed_ptr + item).to(tl.uint64, bitcast=True)
-        zero = tl.zeros([BLOCK], dtype=tl.uint64)
-        w0, w1, w2, w3 = _philox4x64(blocks + 1, zero, zero, zero, zero + key, zero)
-        base = item.to(tl.int64) * n
-        first = (blocks * 8).to(tl.int64)
-        _emit(source_ptr, out_ptr, base, first, w0, n, signal, noise, USE_SOURCE, MODE)
-        _emit(source_ptr, out_ptr, base, first + 2, w1, n, signal, noise, USE_SOURCE, MODE)
-        _emit(source_ptr, out_ptr, base, first + 4, w2, n, signal, noise, USE_SOURCE, MODE)
-        _emit(source_ptr, out_ptr, base, first + 6, w3, n, signal, noise, USE_SOURCE, MODE)

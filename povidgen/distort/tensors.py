@@ -35,9 +35,23 @@ from PIL import Image
 
 from povidgen.errors import DistortionError
 
-__all__ = ["Unpacked", "unpack", "SUPPORTED_MODES"]
+__all__ = ["SUPPORTED_MODES", "Unpacked", "unpack"]
 
-SUPPORTED_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "I;16", "I;16L", "I;16B", "I", "F")
+SUPPORTED_MODES = (
+    "1",
+    "L",
+    "LA",
+    "P",
+    "PA",
+    "RGB",
+    "RGBA",
+    "CMYK",
+    "I;16",
+    "I;16L",
+    "I;16B",
+    "I",
+    "F",
+)
 _KEPT_INFO = ("exif", "icc_profile", "dpi")
 
 Repack = Callable[[torch.Tensor], Any]
@@ -109,14 +123,18 @@ def _unpack_array(image: np.ndarray[Any, Any]) -> Unpacked:
         )
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise DistortionError(f"image has zero size {image.shape}")
-    tensor = torch.from_numpy(np.ascontiguousarray(colour)).float().div_(255).unsqueeze(0)
+    # np.array copies: user arrays may be read-only views, which torch.from_numpy warns about
+    tensor = torch.from_numpy(np.array(colour, dtype=np.float32)).div_(255).unsqueeze(0)
 
     def repack(result: torch.Tensor) -> np.ndarray[Any, Any]:
-        out = _to_integers(result[0], 255).numpy().astype(np.uint8)
+        out: np.ndarray[Any, Any] = _to_integers(result[0], 255).numpy().astype(np.uint8)
         if image.ndim == 2:
-            return out[0]
+            grey: np.ndarray[Any, Any] = out[0]
+            return grey
         out = np.moveaxis(out, 0, -1)
-        return np.concatenate([out, alpha], axis=-1) if alpha is not None else out
+        if alpha is not None:
+            out = np.concatenate([out, alpha], axis=-1)
+        return out
 
     return Unpacked(tensor, 256, repack)
 
@@ -152,8 +170,8 @@ def _unpack_pil(image: Image.Image) -> Unpacked:
         top, levels = 65535.0, 65536
     else:
         top, levels = 255.0, 256
-    colour_chw = np.moveaxis(colour, -1, 0).astype(np.float32)
-    tensor = torch.from_numpy(np.ascontiguousarray(colour_chw)).div_(top).unsqueeze(0)
+    colour_chw = np.array(np.moveaxis(colour, -1, 0), dtype=np.float32)  # a writable copy
+    tensor = torch.from_numpy(colour_chw).div_(top).unsqueeze(0)
 
     def repack(result: torch.Tensor) -> Image.Image:
         channels = result[0]

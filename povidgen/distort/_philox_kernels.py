@@ -1,0 +1,126 @@
+"""The CUDA side of :mod:`povidgen.distort.philox`: Philox4x64-10, Box-Muller and the affine
+``signal * x + noise * eps`` with an overflow policy, fused in one Triton kernel.
+
+Each program takes ``block`` Philox blocks of one item; block ``j`` (counter ``j + 1``, key
+``(seed, 0)``) yields four 64-bit words, i.e. the eight normals ``z[8j .. 8j + 7]``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU-only installs
+    AVAILABLE = False
+else:
+    AVAILABLE = True
+
+__all__ = ["AVAILABLE", "launch"]
+
+_BLOCKS_PER_PROGRAM = 256  # Philox blocks per program; each block gives 8 normals
+
+
+def launch(
+    source: torch.Tensor,
+    out: torch.Tensor,
+    seeds: list[int],
+    signal: float,
+    noise: float,
+    *,
+    mode: int,
+) -> None:
+    """Fill ``out`` ``(B, n)`` with ``signal * source + noise * eps`` (``source is out``: noise
+    only); ``mode`` 0 none, 1 clamp to ``[0, 1]``, 2 8-bit wrap."""
+    batch, n = out.shape
+    seed_tensor = torch.tensor(np.array(seeds, dtype=np.uint64).view(np.int64), device=out.device)
+    blocks = (n + 7) // 8
+    grid = (triton.cdiv(blocks, _BLOCKS_PER_PROGRAM), batch)
+    _philox_affine_kernel[grid](
+        source,
+        out,
+        seed_tensor,
+        n,
+        signal,
+        noise,
+        use_source=source is not out,
+        mode=mode,
+        block=_BLOCKS_PER_PROGRAM,
+    )
+
+
+if AVAILABLE:
+
+    @triton.jit
+    def _philox4x64(c0, c1, c2, c3, k0, k1):
+        m0 = tl.full(c0.shape, 0xD2E7470EE14C6C93, tl.uint64)
+        m1 = tl.full(c0.shape, 0xCA5A826395121157, tl.uint64)
+        for _ in tl.static_range(10):
+            hi0 = tl.umulhi(m0, c0)
+            lo0 = m0 * c0
+            hi1 = tl.umulhi(m1, c2)
+            lo1 = m1 * c2
+            c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+            k0 = k0 + 0x9E3779B97F4A7C15
+            k1 = k1 + 0xBB67AE8584CAA73B
+        return c0, c1, c2, c3
+
+    @triton.jit
+    def _emit(
+        source_ptr,
+        out_ptr,
+        base,
+        index,
+        word,
+        n,
+        signal,
+        noise,
+        use_source: tl.constexpr,
+        mode: tl.constexpr,
+    ):
+        lo = (word & 0xFFFFFFFF).to(tl.float32)
+        hi = (word >> 32).to(tl.float32)
+        radius = tl.sqrt(-2.0 * tl.log((lo + 1.0) * 2.3283064365386963e-10))
+        angle = hi * 2.3283064365386963e-10 * 6.283185307179586
+        for half in tl.static_range(2):
+            z = radius * tl.cos(angle) if half == 0 else radius * tl.sin(angle)
+            position = index + half
+            inside = position < n
+            if use_source:
+                x = tl.load(source_ptr + base + position, mask=inside, other=0.0)
+                y = signal * x + noise * z
+            else:
+                y = z
+            if mode == 1:
+                y = tl.minimum(tl.maximum(y, 0.0), 1.0)
+            if mode == 2:
+                scaled = y * 255.0
+                whole = tl.where(scaled < 0, -tl.floor(-scaled), tl.floor(scaled))
+                y = (whole - 256.0 * tl.floor(whole / 256.0)) / 255.0
+            tl.store(out_ptr + base + position, y, mask=inside)
+
+    @triton.jit
+    def _philox_affine_kernel(
+        source_ptr,
+        out_ptr,
+        seed_ptr,
+        n,
+        signal,
+        noise,
+        use_source: tl.constexpr,
+        mode: tl.constexpr,
+        block: tl.constexpr,
+    ):
+        item = tl.program_id(1)
+        blocks = tl.program_id(0).to(tl.uint64) * block + tl.arange(0, block).to(tl.uint64)
+        key = tl.load(seed_ptr + item).to(tl.uint64, bitcast=True)
+        zero = tl.zeros([block], dtype=tl.uint64)
+        w0, w1, w2, w3 = _philox4x64(blocks + 1, zero, zero, zero, zero + key, zero)
+        base = item.to(tl.int64) * n
+        first = (blocks * 8).to(tl.int64)
+        _emit(source_ptr, out_ptr, base, first, w0, n, signal, noise, use_source, mode)
+        _emit(source_ptr, out_ptr, base, first + 2, w1, n, signal, noise, use_source, mode)
+        _emit(source_ptr, out_ptr, base, first + 4, w2, n, signal, noise, use_source, mode)
+        _emit(source_ptr, out_ptr, base, first + 6, w3, n, signal, noise, use_source, mode)
