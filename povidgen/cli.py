@@ -109,6 +109,19 @@ def _parser() -> argparse.ArgumentParser:
     preview.add_argument("--out", type=Path, required=True, metavar="FILE.png")
     preview.add_argument("-n", type=int, default=6, help="how many pairs (default 6)")
     preview.set_defaults(run=_preview)
+
+    distort = commands.add_parser("distort", help="distort one image with a registered distorter")
+    distort.add_argument("image", type=Path, metavar="IMAGE")
+    distort.add_argument(
+        "--distorter",
+        default="diffusion",
+        metavar="NAME",
+        help=f"one of: {', '.join(available_distorters())}",
+    )
+    distort.add_argument("--severity", type=int, default=None, metavar="S", help="1 (mild) to 5")
+    distort.add_argument("--seed", type=int, default=0, metavar="N")
+    distort.add_argument("--out", type=Path, required=True, metavar="FILE")
+    distort.set_defaults(run=_distort)
     return parser
 
 
@@ -214,6 +227,32 @@ def _preview(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise DatasetFormatError(str(error)) from error
     print(f"preview written to {path}")
+    return 0
+
+
+def _distort(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from povidgen.errors import ImageError
+
+    options = {} if args.severity is None else {"severity": args.severity}
+    try:
+        distorter = get_distorter(args.distorter, **options)
+    except ValueError as error:
+        raise PovidgenError(f"bad settings for {args.distorter!r}: {error}") from error
+    try:
+        with Image.open(args.image) as opened:
+            opened.load()
+            image = opened.copy()
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"cannot read image {args.image}: {error}") from error
+    result = distorter(image, seed=args.seed)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        result.save(args.out)
+    except (OSError, ValueError, KeyError) as error:
+        raise PovidgenError(f"cannot write {args.out}: {error}") from error
+    print(f"{distorter!r} with seed {args.seed}: {args.image} -> {args.out}")
     return 0
 
 

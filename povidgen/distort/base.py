@@ -34,7 +34,7 @@ def pick(
         return value
     if severity is None:
         return default
-    if isinstance(severity, bool) or severity not in SEVERITIES:
+    if isinstance(severity, bool) or not isinstance(severity, int) or severity not in SEVERITIES:
         raise ValueError(f"severity must be an int from 1 to 5, got {severity!r}")
     chosen: _T = table[severity].get(name, default)
     return chosen

@@ -18,8 +18,12 @@ streams are identical; the float transforms differ by a few ulps between libms.
 
 from __future__ import annotations
 
+import functools
 import math
+import os
+import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -49,22 +53,39 @@ def check_seeds(seeds: Sequence[int] | torch.Tensor, count: int) -> list[int]:
     return values
 
 
-def _box_muller(raw: torch.Tensor, n: int) -> torch.Tensor:
-    """``(B, m)`` int64 words -> ``(B, n)`` float32 normals, ``n <= 2 m``."""
-    lo = (raw & 0xFFFFFFFF).to(torch.float32)
-    hi = ((raw >> 32) & 0xFFFFFFFF).to(torch.float32)
-    radius = lo.add_(1.0).mul_(_TO_UNIT).log_().mul_(-2.0).sqrt_()
-    angle = hi.mul_(_TO_UNIT).mul_(_TWO_PI)
-    normals = torch.stack([radius * torch.cos(angle), radius.mul_(torch.sin(angle))], dim=-1)
-    return normals.reshape(raw.shape[0], -1)[:, :n]
+@functools.cache
+def _pool() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="philox")
 
 
-def _cpu_noise(seeds: list[int], n: int) -> torch.Tensor:
+def _cpu_noise(seeds: list[int], n: int, scale: float = 1.0) -> torch.Tensor:
+    """``(B, n)`` float32 normals times ``scale``, from numpy's Philox on the CPU."""
     words = (n + 1) // 2
     raw = np.empty((len(seeds), words), dtype=np.uint64)
-    for row, seed in enumerate(seeds):  # numpy draws each stream in C; the rest is batched
-        raw[row] = np.random.Philox(key=seed).random_raw(words)
-    return _box_muller(torch.from_numpy(raw.view(np.int64)), n)
+
+    def fill(row: int) -> None:
+        raw[row] = np.random.Philox(key=seeds[row]).random_raw(words)
+
+    if len(seeds) > 1 and words >= 4096:
+        # numpy draws each stream in C with the GIL released, so threads run them in parallel
+        list(_pool().map(fill, range(len(seeds))))
+    else:
+        for row in range(len(seeds)):
+            fill(row)
+    if sys.byteorder == "little":
+        # a uint64 word is (lo32, hi32) in memory: one conversion pass gives both halves
+        halves = torch.from_numpy(raw.view(np.uint32)).view(len(seeds), words, 2).to(torch.float32)
+        lo, hi = halves[..., 0], halves[..., 1]
+    else:
+        signed = torch.from_numpy(raw.view(np.int64))
+        lo = (signed & 0xFFFFFFFF).to(torch.float32)
+        hi = ((signed >> 32) & 0xFFFFFFFF).to(torch.float32)
+    radius = lo.add(1.0).mul_(_TO_UNIT).log_().mul_(-2.0).sqrt_().mul_(scale)
+    angle = hi.mul(_TO_UNIT * _TWO_PI)
+    out = torch.empty((len(seeds), words, 2), dtype=torch.float32)
+    torch.cos(angle, out=out[..., 0]).mul_(radius)
+    torch.sin(angle, out=out[..., 1]).mul_(radius)
+    return out.view(len(seeds), 2 * words)[:, :n]
 
 
 def gaussian_noise(
@@ -93,8 +114,8 @@ def affine_noise(
         out = torch.empty_like(flat)
         _philox_kernels.launch(flat.contiguous(), out, list(seeds), signal, noise, mode=mode)
         return out.reshape(images.shape)
-    eps = _cpu_noise(list(seeds), flat.shape[1]).to(images.device)
-    out = eps.mul_(noise).add_(flat, alpha=signal)
+    out = _cpu_noise(list(seeds), flat.shape[1], noise).to(images.device)
+    out.add_(flat, alpha=signal)
     if mode == 1:
         out.clamp_(0.0, 1.0)
     elif mode == 2:
