@@ -8,7 +8,16 @@ image. :class:`PairBuilder` runs both over a dataset and writes TRL's vision pre
 from importlib.metadata import PackageNotFoundError, version
 
 from povidgen.distort.base import Distorter
+from povidgen.distort.blur import GaussianBlur
+from povidgen.distort.collate import DistortingCollator
+from povidgen.distort.color import ColorJitter
+from povidgen.distort.compose import Compose, OneOf
+from povidgen.distort.crop import RandomResizedCrop
 from povidgen.distort.diffusion import DiffusionNoise
+from povidgen.distort.jpeg import JPEGCompression
+from povidgen.distort.mask import PatchMask
+from povidgen.distort.noise import GaussianNoise
+from povidgen.distort.resample import Downscale
 from povidgen.errors import (
     DatasetFormatError,
     DistortionError,
@@ -48,25 +57,35 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "BuildReport",
+    "ColorJitter",
+    "Compose",
     "DatasetFormatError",
     "DiffusionNoise",
     "Distorter",
+    "DistortingCollator",
     "DistortionError",
+    "Downscale",
     "Edit",
     "EditKind",
     "Example",
+    "GaussianBlur",
+    "GaussianNoise",
     "Hallucination",
     "HallucinationError",
     "Hallucinator",
     "ImageError",
     "InputError",
     "InvalidExampleError",
+    "JPEGCompression",
     "MissingColumnError",
+    "OneOf",
     "PairBuilder",
+    "PatchMask",
     "PluginError",
     "PovidgenError",
     "PreferencePair",
     "Provenance",
+    "RandomResizedCrop",
     "RowError",
     "RuleHallucinator",
     "__version__",

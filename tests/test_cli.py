@@ -121,3 +121,52 @@ def test_preview_of_a_folder_that_is_not_pairs(
 ) -> None:
     assert main(["preview", str(tmp_path), "--out", str(tmp_path / "p.png")]) == 2
     assert "is not a pairs folder" in capsys.readouterr().err
+
+
+def test_distort_one_image(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "in.png"
+    Image.new("RGB", (40, 30), (120, 60, 200)).save(source)
+    out = tmp_path / "out" / "noisy.png"
+    args = [
+        "distort",
+        str(source),
+        "--distorter",
+        "diffusion",
+        "--severity",
+        "5",
+        "--out",
+        str(out),
+    ]
+    assert main([*args, "--seed", "3"]) == 0
+    assert "DiffusionNoise(step=900" in capsys.readouterr().out
+    with Image.open(out) as first:
+        assert first.size == (40, 30)
+        pixels = first.tobytes()
+    assert main([*args, "--seed", "3"]) == 0
+    with Image.open(out) as again:
+        assert again.tobytes() == pixels
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--distorter", "smudge"], "no distorter named 'smudge'"),
+        (["--severity", "9"], "severity must be an int from 1 to 5"),
+    ],
+)
+def test_distort_bad_options(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    source = tmp_path / "in.png"
+    Image.new("RGB", (8, 8)).save(source)
+    assert main(["distort", str(source), "--out", str(tmp_path / "o.png"), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_distort_a_file_that_is_not_an_image(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.png"
+    source.write_text("not an image")
+    assert main(["distort", str(source), "--out", str(tmp_path / "o.png")]) == 2
+    assert "cannot read image" in capsys.readouterr().err

@@ -25,3 +25,17 @@ def test_custom_hallucinator_example(
         provenance = row["provenance"]
         assert provenance["hallucinator"] == "antonym"
         assert {e["kind"] for e in provenance["edits"]} <= {"spatial", "reasoning"}
+
+
+def test_distortion_gallery_draws_every_distorter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from povidgen import available_distorters
+
+    out = tmp_path / "gallery.png"
+    monkeypatch.setattr(sys, "argv", ["distortion_gallery.py", "--out", str(out), "--size", "32"])
+    runpy.run_path(str(EXAMPLES / "distortion_gallery.py"), run_name="__main__")
+    from PIL import Image
+
+    with Image.open(out) as sheet:
+        assert sheet.size == (170 + 6 * 32, 28 + len(available_distorters()) * 32)

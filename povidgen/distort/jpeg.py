@@ -31,12 +31,15 @@ from povidgen.errors import DistortionError
 
 __all__ = ["JPEGCompression"]
 
+_MODES = {1: "L", 3: "RGB", 4: "CMYK"}
+
 
 class JPEGCompression(Distorter):
     """Encode and decode with JPEG at ``quality`` (see the module docstring).
 
-    ``distort_batch`` takes ``(B, C, H, W)`` float32 with ``C`` 1 or 3 and returns the same
-    shape, dtype and device; other channel counts raise :class:`DistortionError`.
+    ``distort_batch`` takes ``(B, C, H, W)`` float32 with ``C`` 1 (grey), 3 (RGB) or 4 (CMYK,
+    which JPEG stores natively) and returns the same shape, dtype and device; other channel
+    counts raise :class:`DistortionError`.
 
     Args:
         quality: the libjpeg quality, an int in 1..95 (lower is worse); defaults to 15.
@@ -65,9 +68,9 @@ class JPEGCompression(Distorter):
     def distort_batch(self, images: torch.Tensor, seeds: list[int]) -> torch.Tensor:
         del seeds  # deterministic
         channels = images.shape[1]
-        if channels not in (1, 3):
+        if channels not in _MODES:
             raise DistortionError(
-                f"JPEG encodes 1 (grey) or 3 (RGB) channels, got {channels}; "
+                f"JPEG encodes 1 (grey), 3 (RGB) or 4 (CMYK) channels, got {channels}; "
                 "convert the image to 'L' or 'RGB' first"
             )
         pixels = images.detach().clamp(0.0, 1.0).mul(255.0).round_().to(torch.uint8).cpu()
@@ -76,15 +79,15 @@ class JPEGCompression(Distorter):
 
     def _roundtrip(self, item: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
         """``(C, H, W)`` uint8 -> the same after a JPEG round trip at :attr:`quality`."""
-        grey = item.shape[0] == 1
-        array = item[0] if grey else np.ascontiguousarray(np.moveaxis(item, 0, -1))
+        mode = _MODES[item.shape[0]]
+        array = item[0] if mode == "L" else np.ascontiguousarray(np.moveaxis(item, 0, -1))
         buffer = io.BytesIO()
-        image = Image.fromarray(array)  # uint8: (H, W) -> L, (H, W, 3) -> RGB
-        if grey:
-            image.save(buffer, format="JPEG", quality=self.quality)
-        else:
+        image = Image.fromarray(array, mode=mode) if mode == "CMYK" else Image.fromarray(array)
+        if mode == "RGB":
             image.save(buffer, format="JPEG", quality=self.quality, subsampling="4:2:0")
+        else:
+            image.save(buffer, format="JPEG", quality=self.quality)
         buffer.seek(0)
         with Image.open(buffer) as decoded:
-            out = np.asarray(decoded.convert("L" if grey else "RGB"))
-        return out[None] if grey else np.moveaxis(out, -1, 0)
+            out = np.asarray(decoded.convert(mode))
+        return out[None] if mode == "L" else np.moveaxis(out, -1, 0)

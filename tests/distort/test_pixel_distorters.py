@@ -347,7 +347,12 @@ def test_jpeg_matches_pillow_round_trip() -> None:
 
 
 def test_jpeg_rejects_other_channel_counts() -> None:
-    with pytest.raises(DistortionError, match="1 \\(grey\\) or 3"):
+    with pytest.raises(DistortionError, match=r"1 \(grey\), 3 \(RGB\) or 4 \(CMYK\)"):
         JPEGCompression().batch(torch.rand(1, 2, 8, 8), [0])
-    with pytest.raises(DistortionError):
-        JPEGCompression()(Image.new("CMYK", (8, 8)), seed=0)
+
+
+def test_jpeg_keeps_cmyk_as_cmyk() -> None:
+    image = Image.new("CMYK", (24, 16), (10, 200, 30, 0))
+    out = JPEGCompression(quality=90)(image, seed=0)
+    assert out.mode == "CMYK"
+    assert np.abs(np.asarray(out).astype(int) - np.asarray(image).astype(int)).max() < 12
