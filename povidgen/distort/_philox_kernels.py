@@ -68,38 +68,13 @@ if AVAILABLE:
         return c0, c1, c2, c3
 
     @triton.jit
-    def _emit(
-        source_ptr,
-        out_ptr,
-        base,
-        index,
-        word,
-        n,
-        signal,
-        noise,
-        use_source: tl.constexpr,
-        mode: tl.constexpr,
-    ):
+    def _box_muller(word):
+        """One 64-bit word -> (r cos, r sin) from its low and high 32 bits."""
         lo = (word & 0xFFFFFFFF).to(tl.float32)
         hi = (word >> 32).to(tl.float32)
         radius = tl.sqrt(-2.0 * tl.log((lo + 1.0) * 2.3283064365386963e-10))
         angle = hi * 2.3283064365386963e-10 * 6.283185307179586
-        for half in tl.static_range(2):
-            z = radius * tl.cos(angle) if half == 0 else radius * tl.sin(angle)
-            position = index + half
-            inside = position < n
-            if use_source:
-                x = tl.load(source_ptr + base + position, mask=inside, other=0.0)
-                y = signal * x + noise * z
-            else:
-                y = z
-            if mode == 1:
-                y = tl.minimum(tl.maximum(y, 0.0), 1.0)
-            if mode == 2:
-                scaled = y * 255.0
-                whole = tl.where(scaled < 0, -tl.floor(-scaled), tl.floor(scaled))
-                y = (whole - 256.0 * tl.floor(whole / 256.0)) / 255.0
-            tl.store(out_ptr + base + position, y, mask=inside)
+        return radius * tl.cos(angle), radius * tl.sin(angle)
 
     @triton.jit
     def _philox_affine_kernel(
@@ -118,9 +93,27 @@ if AVAILABLE:
         key = tl.load(seed_ptr + item).to(tl.uint64, bitcast=True)
         zero = tl.zeros([block], dtype=tl.uint64)
         w0, w1, w2, w3 = _philox4x64(blocks + 1, zero, zero, zero, zero + key, zero)
+        c0, s0 = _box_muller(w0)
+        c1, s1 = _box_muller(w1)
+        c2, s2 = _box_muller(w2)
+        c3, s3 = _box_muller(w3)
+        # interleave to [block, word, half] so the 8 normals of a Philox block are contiguous
+        # and a warp's loads and stores are coalesced: z[8 j + 2 word + half]
+        cosines = tl.join(tl.join(c0, c2), tl.join(c1, c3))
+        sines = tl.join(tl.join(s0, s2), tl.join(s1, s3))
+        z = tl.reshape(tl.join(cosines, sines), [block * 8])
+        position = tl.program_id(0).to(tl.int64) * (block * 8) + tl.arange(0, block * 8)
+        inside = position < n
         base = item.to(tl.int64) * n
-        first = (blocks * 8).to(tl.int64)
-        _emit(source_ptr, out_ptr, base, first, w0, n, signal, noise, use_source, mode)
-        _emit(source_ptr, out_ptr, base, first + 2, w1, n, signal, noise, use_source, mode)
-        _emit(source_ptr, out_ptr, base, first + 4, w2, n, signal, noise, use_source, mode)
-        _emit(source_ptr, out_ptr, base, first + 6, w3, n, signal, noise, use_source, mode)
+        if use_source:
+            x = tl.load(source_ptr + base + position, mask=inside, other=0.0)
+            y = signal * x + noise * z
+        else:
+            y = z
+        if mode == 1:
+            y = tl.minimum(tl.maximum(y, 0.0), 1.0)
+        if mode == 2:
+            scaled = y * 255.0
+            whole = tl.where(scaled < 0, -tl.floor(-scaled), tl.floor(scaled))
+            y = (whole - 256.0 * tl.floor(whole / 256.0)) / 255.0
+        tl.store(out_ptr + base + position, y, mask=inside)
