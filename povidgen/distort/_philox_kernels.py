@@ -7,6 +7,8 @@ Each program takes ``block`` Philox blocks of one item; block ``j`` (counter ``j
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
 
@@ -21,6 +23,9 @@ else:
 __all__ = ["AVAILABLE", "launch"]
 
 _BLOCKS_PER_PROGRAM = 256  # Philox blocks per program; each block gives 8 normals
+# The approximate-math variant needs NVIDIA PTX; the interpreter and other backends get the
+# precise one (the first failed launch switches it off for the process).
+_FAST = os.environ.get("TRITON_INTERPRET", "0") != "1"
 
 
 def launch(
@@ -38,17 +43,26 @@ def launch(
     seed_tensor = torch.tensor(np.array(seeds, dtype=np.uint64).view(np.int64), device=out.device)
     blocks = (n + 7) // 8
     grid = (triton.cdiv(blocks, _BLOCKS_PER_PROGRAM), batch)
-    _philox_affine_kernel[grid](
-        source,
-        out,
-        seed_tensor,
-        n,
-        signal,
-        noise,
-        use_source=source is not out,
-        mode=mode,
-        block=_BLOCKS_PER_PROGRAM,
-    )
+    global _FAST
+    while True:
+        try:
+            _philox_affine_kernel[grid](
+                source,
+                out,
+                seed_tensor,
+                n,
+                signal,
+                noise,
+                use_source=source is not out,
+                mode=mode,
+                fast=_FAST,
+                block=_BLOCKS_PER_PROGRAM,
+            )
+            return
+        except Exception:  # a backend without the PTX approximations: use the precise math
+            if not _FAST:
+                raise
+            _FAST = False
 
 
 if AVAILABLE:
@@ -68,11 +82,31 @@ if AVAILABLE:
         return c0, c1, c2, c3
 
     @triton.jit
-    def _box_muller(word):
-        """One 64-bit word -> (r cos, r sin) from its low and high 32 bits."""
+    def _box_muller(word, fast: tl.constexpr):
+        """One 64-bit word -> (r cos, r sin) from its low and high 32 bits.
+
+        With ``fast`` the transcendental functions are the GPU's approximate instructions
+        (``lg2.approx``, ``sqrt.approx``, ``sin.approx``, ``cos.approx``: a few 1e-7 of absolute
+        error on these ranges), on an angle moved to ``[-pi, pi)`` where they are accurate:
+        ``cos(a) = -cos(a - pi)``, ``sin(a) = -sin(a - pi)``.
+        """
         lo = (word & 0xFFFFFFFF).to(tl.float32)
         hi = (word >> 32).to(tl.float32)
-        radius = tl.sqrt(-2.0 * tl.log((lo + 1.0) * 2.3283064365386963e-10))
+        u1 = (lo + 1.0) * 2.3283064365386963e-10
+        if fast:
+            log2 = tl.inline_asm_elementwise(
+                "lg2.approx.f32 $0, $1;", "=r,r", [u1], dtype=tl.float32, is_pure=True, pack=1
+            )
+            radius = tl.sqrt(-1.3862943611198906 * log2)  # -2 ln(u1) = -2 ln(2) log2(u1)
+            centred = (hi * 2.3283064365386963e-10 - 0.5) * 6.283185307179586
+            cosine = tl.inline_asm_elementwise(
+                "cos.approx.f32 $0, $1;", "=r,r", [centred], dtype=tl.float32, is_pure=True, pack=1
+            )
+            sine = tl.inline_asm_elementwise(
+                "sin.approx.f32 $0, $1;", "=r,r", [centred], dtype=tl.float32, is_pure=True, pack=1
+            )
+            return -radius * cosine, -radius * sine
+        radius = tl.sqrt(-2.0 * tl.log(u1))
         angle = hi * 2.3283064365386963e-10 * 6.283185307179586
         return radius * tl.cos(angle), radius * tl.sin(angle)
 
@@ -86,6 +120,7 @@ if AVAILABLE:
         noise,
         use_source: tl.constexpr,
         mode: tl.constexpr,
+        fast: tl.constexpr,
         block: tl.constexpr,
     ):
         item = tl.program_id(1)
@@ -93,10 +128,10 @@ if AVAILABLE:
         key = tl.load(seed_ptr + item).to(tl.uint64, bitcast=True)
         zero = tl.zeros([block], dtype=tl.uint64)
         w0, w1, w2, w3 = _philox4x64(blocks + 1, zero, zero, zero, zero + key, zero)
-        c0, s0 = _box_muller(w0)
-        c1, s1 = _box_muller(w1)
-        c2, s2 = _box_muller(w2)
-        c3, s3 = _box_muller(w3)
+        c0, s0 = _box_muller(w0, fast)
+        c1, s1 = _box_muller(w1, fast)
+        c2, s2 = _box_muller(w2, fast)
+        c3, s3 = _box_muller(w3, fast)
         # interleave to [block, word, half] so the 8 normals of a Philox block are contiguous
         # and a warp's loads and stores are coalesced: z[8 j + 2 word + half]
         cosines = tl.join(tl.join(c0, c2), tl.join(c1, c3))
