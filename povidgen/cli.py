@@ -34,7 +34,8 @@ logger = logging.getLogger("povidgen")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the process exit code (0 ok, 1 no pairs built, 2 bad input)."""
+    """Run the CLI; returns the process exit code (0 ok, 1 no pairs built, 2 bad input,
+    3 stopped early: bad credentials, exhausted quota or the cost cap)."""
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -84,11 +85,23 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=int, default=0, metavar="N")
     build.add_argument("--limit", type=int, default=None, metavar="N", help="first N rows only")
     build.add_argument(
+        "--provider",
         "--hallucinator",
+        dest="provider",
         default="rule",
         metavar="NAME",
-        help=f"registered hallucinator (installed: {', '.join(available_hallucinators())})",
+        help=f"rule, openai, anthropic, transformers or another registered hallucinator "
+        f"(installed: {', '.join(available_hallucinators())})",
     )
+    build.add_argument("--model", default=None, metavar="M", help="the provider's model")
+    build.add_argument(
+        "--base-url", default=None, metavar="URL", help="an OpenAI-compatible server"
+    )
+    build.add_argument(
+        "--max-cost", type=float, default=None, metavar="USD", help="stop before spending more"
+    )
+    build.add_argument("--rpm", type=float, default=None, help="requests per minute at most")
+    build.add_argument("--tpm", type=float, default=None, help="tokens per minute at most")
     build.add_argument(
         "--distorter",
         default="diffusion",
@@ -153,9 +166,10 @@ def _build(args: argparse.Namespace) -> int:
         distorter = get_distorter(
             args.distorter, **(options if args.distorter == "diffusion" else {})
         )
+    hallucinator = get_hallucinator(args.provider, **_provider_options(args))
     builder = PairBuilder.from_dataset(
         dataset,
-        hallucinator=get_hallucinator(args.hallucinator),
+        hallucinator=hallucinator,
         distorter=distorter,
         image_column=image_column,
         prompt_column=prompt_column,
@@ -165,8 +179,15 @@ def _build(args: argparse.Namespace) -> int:
         image_folder=image_folder,
         concurrency=args.concurrency,
     )
+    tally = getattr(hallucinator, "cost", None)
     with tqdm(total=len(dataset), unit="row", desc="building pairs") as bar:
-        pairs = builder.build(progress=bar.update)
+
+        def advance(rows: int) -> None:
+            bar.update(rows)
+            if tally is not None:
+                bar.set_postfix_str(f"${tally.spent:.4f}")
+
+        pairs = builder.build(progress=advance)
     _write(args.out, pairs, builder)
     report = builder.report
     print(f"rows read:    {report.rows}")
@@ -179,8 +200,45 @@ def _build(args: argparse.Namespace) -> int:
         )
         print(f"  {stage}: {count} ({shown})")
     print(f"time taken:   {report.seconds:.1f}s")
+    if report.cost_usd is not None:
+        print(f"cost:         ${report.cost_usd:.4f}")
     print(f"written to:   {args.out} (errors in {args.out / 'errors.jsonl'})")
+    if report.stopped is not None:
+        print(f"povidgen: the run stopped early: {report.stopped}", file=sys.stderr)
+        return 3
     return 0 if report.pairs else 1
+
+
+def _provider_options(args: argparse.Namespace) -> dict[str, object]:
+    """Constructor options for the chosen hallucinator from the provider flags."""
+    if args.provider == "rule":
+        given = [
+            flag
+            for flag, value in (
+                ("--model", args.model),
+                ("--base-url", args.base_url),
+                ("--max-cost", args.max_cost),
+                ("--rpm", args.rpm),
+                ("--tpm", args.tpm),
+            )
+            if value
+        ]
+        if given:
+            raise PovidgenError(f"{', '.join(given)} only apply to model providers, not 'rule'")
+        return {}
+    options: dict[str, object] = {}
+    if args.model is not None:
+        options["model"] = args.model
+    if args.base_url is not None:
+        options["base_url"] = args.base_url
+    for key, value in (
+        ("max_cost_usd", args.max_cost),
+        ("requests_per_minute", args.rpm),
+        ("tokens_per_minute", args.tpm),
+    ):
+        if value is not None:
+            options[key] = value
+    return options
 
 
 def _check_output_folder(out: Path, *, overwrite: bool) -> None:

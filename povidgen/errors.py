@@ -11,6 +11,11 @@ guards against bad values keeps working::
     │   ├── ImageError                      an image is corrupt, missing or of an unusable mode
     │   └── InvalidExampleError             an example has an empty prompt or answer, or a bad id
     ├── HallucinationError                  a hallucinator could not corrupt an answer
+    │   └── VerificationError               a model's reply failed verification (has .reason)
+    ├── ProviderError                       a model provider call failed for this row
+    │   └── RunStoppedError                 the run must stop: no further rows are submitted
+    │       ├── ProviderFatalError          authentication failed or the quota is exhausted
+    │       └── BudgetExceededError         the next call would pass max_cost_usd
     ├── DistortionError                     a distorter could not corrupt an image
     └── PluginError                         no hallucinator / distorter registered under a name
 
@@ -23,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 __all__ = [
+    "BudgetExceededError",
     "DatasetFormatError",
     "DistortionError",
     "HallucinationError",
@@ -32,6 +38,9 @@ __all__ = [
     "MissingColumnError",
     "PluginError",
     "PovidgenError",
+    "ProviderError",
+    "ProviderFatalError",
+    "RunStoppedError",
 ]
 
 
@@ -73,6 +82,23 @@ class InvalidExampleError(InputError):
 
 class HallucinationError(PovidgenError):
     """A hallucinator could not produce a valid corrupted answer for an example."""
+
+
+class ProviderError(PovidgenError):
+    """A call to a model provider failed for one row (after any retries)."""
+
+
+class RunStoppedError(ProviderError):
+    """The run cannot go on: rows not yet submitted are recorded as not attempted, and what
+    was done is kept."""
+
+
+class ProviderFatalError(RunStoppedError):
+    """The provider refused the credentials or the account has no quota left."""
+
+
+class BudgetExceededError(RunStoppedError):
+    """Submitting another call could pass the run's ``max_cost_usd``."""
 
 
 class DistortionError(PovidgenError):

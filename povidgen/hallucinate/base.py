@@ -46,10 +46,24 @@ class Hallucinator(ABC):
         never secrets)."""
         return {}
 
+    async def aclose(self) -> None:  # noqa: B027 - an optional hook, empty by default
+        """Release what the hallucinator opened in the running event loop (HTTP connections).
+
+        The sync wrappers and :class:`povidgen.PairBuilder` call it when they are done with a
+        loop; the hallucinator stays usable and reopens what it needs on the next call.
+        """
+
     def hallucinate(self, example: Example) -> Hallucination:
         """Synchronous :meth:`ahallucinate`. Not callable from inside a running event loop."""
         _refuse_inside_event_loop("hallucinate", "ahallucinate")
-        return asyncio.run(self.ahallucinate(example))
+
+        async def once() -> Hallucination:
+            try:
+                return await self.ahallucinate(example)
+            finally:
+                await self.aclose()
+
+        return asyncio.run(once())
 
     async def ahallucinate_many(
         self,
@@ -92,9 +106,16 @@ class Hallucinator(ABC):
     ) -> list[HallucinationResult]:
         """Synchronous :meth:`ahallucinate_many`."""
         _refuse_inside_event_loop("hallucinate_many", "ahallucinate_many")
-        return asyncio.run(
-            self.ahallucinate_many(examples, concurrency=concurrency, on_result=on_result)
-        )
+
+        async def many() -> list[HallucinationResult]:
+            try:
+                return await self.ahallucinate_many(
+                    examples, concurrency=concurrency, on_result=on_result
+                )
+            finally:
+                await self.aclose()
+
+        return asyncio.run(many())
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())

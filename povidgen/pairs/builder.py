@@ -15,10 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 
@@ -26,7 +26,12 @@ import datasets
 from pydantic import ValidationError
 
 from povidgen.distort.base import Distorter
-from povidgen.errors import InvalidExampleError, MissingColumnError, PovidgenError
+from povidgen.errors import (
+    InvalidExampleError,
+    MissingColumnError,
+    PovidgenError,
+    RunStoppedError,
+)
 from povidgen.hallucinate.base import Hallucinator
 from povidgen.pairs.trl_format import pair_features, pair_to_row
 from povidgen.schema import Example, Hallucination, PreferencePair, Provenance, RowError, Stage
@@ -56,6 +61,11 @@ class BuildReport:
     """Failed rows per stage (``input``, ``image``, ``hallucinate``, ``distort``, ``pair``)."""
     seconds: float = 0.0
     """Wall-clock time of the run."""
+    cost_usd: float | None = None
+    """What the hallucinator's calls cost, when it keeps a tally (API providers)."""
+    stopped: str | None = None
+    """Why the run stopped early (bad credentials, exhausted quota, ``max_cost_usd``), if it
+    did; the rows after that point are recorded as not attempted."""
 
     @property
     def failed(self) -> int:
@@ -121,6 +131,8 @@ class PairBuilder:
         self.image_folder = image_folder
         self.concurrency = concurrency
         self.batch_size = batch_size
+        self._stopped: RunStoppedError | None = None
+        self._loop: _LoopThread | None = None
         self.errors: list[RowError] = []
         """Rows of the last run that did not become pairs, in input order."""
         self.report = BuildReport()
@@ -199,9 +211,34 @@ class PairBuilder:
     ) -> Iterator[tuple[PreferencePair, bytes | None] | RowError]:
         """Yield, in input order, each row's pair (with its source image bytes, if kept) or
         its :class:`RowError`. ``progress(n)`` is called after every batch of ``n`` rows."""
+        self._loop = _LoopThread()
+        try:
+            yield from self._iterate(progress)
+        finally:
+            try:
+                self._loop.run(self.hallucinator.aclose())
+            finally:
+                self._loop.close()
+                self._loop = None
+
+    def _iterate(
+        self, progress: Callable[[int], object] | None
+    ) -> Iterator[tuple[PreferencePair, bytes | None] | RowError]:
         batch: list[tuple[int, Mapping[str, Any]]] = []
         seen: dict[str, int] = {}
+        self._stopped = None
         for index, row in enumerate(self._rows):
+            if self._stopped is not None:
+                # keep accounting for every row, without decoding images we will not use
+                yield _row_error(
+                    self._row_id(index, row),
+                    index,
+                    "hallucinate",
+                    RunStoppedError(f"not attempted: {self._stopped}"),
+                )
+                if progress is not None:
+                    progress(1)
+                continue
             batch.append((index, row))
             if len(batch) == self.batch_size:
                 yield from self._process(batch, seen)
@@ -243,6 +280,9 @@ class PairBuilder:
             chunks.append(datasets.Dataset.from_dict({c: [] for c in features}, features=features))
         pairs = chunks[0] if len(chunks) == 1 else datasets.concatenate_datasets(chunks)
         self.report.seconds = time.perf_counter() - started
+        tally = getattr(self.hallucinator, "cost", None)
+        self.report.cost_usd = getattr(tally, "spent", None)
+        self.report.stopped = None if self._stopped is None else str(self._stopped)
         logger.info(
             "built %d pairs from %d rows (%d failed) in %.1fs",
             self.report.pairs,
@@ -264,11 +304,17 @@ class PairBuilder:
             else:
                 pending.append(read)
 
-        results = _run_coroutine(
+        assert self._loop is not None
+        results = self._loop.run(
             self.hallucinator.ahallucinate_many(
                 [p.example for p in pending], concurrency=self.concurrency
             )
         )
+        for result in results:
+            if isinstance(result, RunStoppedError) and self._stopped is None:
+                # the hallucinator keeps the first cause; in-flight rows only say "not attempted"
+                cause = getattr(self.hallucinator, "stopped", None)
+                self._stopped = cause if isinstance(cause, RunStoppedError) else result
         for item, result in zip(pending, results, strict=True):
             outcomes[item.index] = self._assemble(item, result)
 
@@ -279,6 +325,11 @@ class PairBuilder:
                     "row %d (%s) failed at %s: %s", index, outcome.id, outcome.stage, outcome.reason
                 )
             yield outcome
+
+    def _row_id(self, index: int, row: Mapping[str, Any]) -> str:
+        if self.id_column is not None and row.get(self.id_column) not in (None, ""):
+            return str(row[self.id_column])
+        return f"row-{index}"
 
     def _read(
         self, index: int, row: Mapping[str, Any], seen: dict[str, int]
@@ -384,15 +435,28 @@ class PairBuilder:
         return pair, item.source.encoded
 
 
-def _run_coroutine(coroutine: Coroutine[Any, Any, _T]) -> _T:
-    """``asyncio.run``, also from code that already runs an event loop (a Jupyter cell), where
-    the coroutine gets a fresh loop in a worker thread instead."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coroutine)
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="povidgen") as pool:
-        return pool.submit(asyncio.run, coroutine).result()
+class _LoopThread:
+    """One event loop in a worker thread for a whole run.
+
+    Async hallucinators keep their HTTP connection pools across batches (a pool belongs to one
+    loop), and building works the same from plain scripts and from code that already runs a
+    loop (a notebook cell).
+    """
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(
+            target=self.loop.run_forever, name="povidgen-build", daemon=True
+        )
+        self.thread.start()
+
+    def run(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
 
 
 def _row_error(row_id: str, index: int, stage: Stage, error: BaseException | str) -> RowError:

@@ -1,0 +1,116 @@
+"""Anthropic's Messages API as a hallucinator."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, ClassVar
+
+from pydantic import SecretStr, ValidationError
+
+from povidgen.hallucinate.llm import LLMHallucinator, Reply
+from povidgen.hallucinate.pricing import Usage
+from povidgen.hallucinate.prompts import RewriteReply
+
+__all__ = ["AnthropicHallucinator"]
+
+_MALFORMED = "the reply was not a JSON object matching the schema (rejected, edits)"
+
+
+def _import_anthropic() -> Any:
+    try:
+        import anthropic
+    except ImportError as error:
+        raise ImportError(
+            "AnthropicHallucinator needs the anthropic SDK: pip install 'povidgen[anthropic]'"
+        ) from error
+    return anthropic
+
+
+class AnthropicHallucinator(LLMHallucinator):
+    """Rewrites answers with a Claude model.
+
+    The request carries the system prompt, the image (a base64 JPEG block, unless
+    ``send_image=False``) and the question with the correct answer; the output format is the
+    :class:`~povidgen.hallucinate.prompts.RewriteReply` schema through the SDK's
+    ``messages.parse`` helper.
+
+    Args:
+        model: e.g. ``"claude-haiku-4-5"`` (the default) or ``"claude-sonnet-4-6"`` (give its
+            price in ``prices=`` if the table does not know it).
+        client: an ``anthropic.AsyncAnthropic`` to use (its retries are switched off).
+        base_url: default ``$ANTHROPIC_BASE_URL`` or Anthropic's.
+        api_key: default ``$ANTHROPIC_API_KEY``; kept as a ``SecretStr`` and never logged.
+        **options: the shared settings of :class:`~povidgen.hallucinate.llm.LLMHallucinator`.
+    """
+
+    name: ClassVar[str] = "anthropic"
+    provider = "anthropic"
+    image_tokens = 1400  # about (1024 x 1024) / 750
+
+    def __init__(
+        self,
+        model: str = "claude-haiku-4-5",
+        *,
+        client: Any | None = None,
+        base_url: str | None = None,
+        api_key: SecretStr | str | None = None,
+        **options: Any,
+    ) -> None:
+        options.setdefault("image_max_side", 1568)  # Anthropic's recommended longest side
+        super().__init__(model, **options)
+        anthropic = _import_anthropic()
+        if client is not None:
+            self._user_client = client.with_options(max_retries=0, timeout=self.timeout)
+        else:
+            key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY")
+            if key is None:
+                raise ValueError(
+                    "no Anthropic API key: set ANTHROPIC_API_KEY, or pass api_key= or client="
+                )
+            self._api_key = key if isinstance(key, SecretStr) else SecretStr(key)
+            self._base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
+        self._anthropic = anthropic
+
+    def _make_client(self) -> Any:
+        return self._anthropic.AsyncAnthropic(
+            api_key=self._api_key.get_secret_value(),
+            base_url=self._base_url,
+            max_retries=0,
+            timeout=self.timeout,
+        )
+
+    async def _complete(self, system: str, user: str, image_url: str | None) -> Reply:
+        content: list[dict[str, Any]] = []
+        if image_url is not None:
+            media_type, data = image_url.removeprefix("data:").split(";base64,", 1)
+            content.append(
+                {
+                    "type": "image",
+                    "source": {"type": "base64", "media_type": media_type, "data": data},
+                }
+            )
+        content.append({"type": "text", "text": user})
+        try:
+            message = await self.client().messages.parse(
+                model=self.model,
+                max_tokens=self.max_output_tokens,
+                system=system,
+                messages=[{"role": "user", "content": content}],
+                output_format=RewriteReply,
+            )
+        except (ValidationError, json.JSONDecodeError):
+            return Reply(_MALFORMED, Usage(input_tokens=0, output_tokens=self.max_output_tokens))
+        cached = getattr(message.usage, "cache_read_input_tokens", 0) or 0
+        usage = Usage(  # povidgen's input_tokens include the cached ones
+            input_tokens=(message.usage.input_tokens or 0) + cached,
+            output_tokens=message.usage.output_tokens or 0,
+            cached_input_tokens=cached,
+        )
+        text = "".join(block.text for block in message.content if block.type == "text")
+        if message.stop_reason == "refusal":
+            return Reply(json.dumps({"rejected": text or "refused", "edits": []}), usage)
+        if message.stop_reason == "max_tokens":
+            return Reply("the reply was cut off at max_output_tokens", usage)
+        parsed = message.parsed_output
+        return Reply(parsed.model_dump_json() if parsed is not None else text or _MALFORMED, usage)

@@ -1,0 +1,395 @@
+"""What every API-backed hallucinator shares: prompt, verify, retry, rate limits and cost.
+
+:class:`LLMHallucinator` turns one example into a verified :class:`~povidgen.Hallucination`::
+
+    for attempt in 1..max_attempts:                      # verification retries, reason fed back
+        reserve the call's estimated cost (max_cost_usd) # BudgetExceededError stops the run
+        wait for the requests/tokens-per-minute limiter
+        reply = call the provider                        # transient faults retried (tenacity)
+        record the real cost
+        verify the reply -> Hallucination, or retry with the reason
+
+Transient faults (429 rate limits, 5xx, 529 overloaded, timeouts, dropped connections) are
+retried with exponential backoff that waits at least what ``retry-after`` says; this is the only
+retry layer (the SDK clients are built with ``max_retries=0``). Fatal faults (401/403, a 429 for
+an exhausted quota, 402 billing) raise :class:`~povidgen.ProviderFatalError`; once a fatal error
+or the budget cap stops the hallucinator, every later call raises at once, so a run keeps what
+it has and records the rest as not attempted. Other client errors (400, 404, 413, 422) fail the
+row only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import email.utils
+import io
+import logging
+import time
+from abc import abstractmethod
+from typing import Any
+
+from PIL import Image
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
+
+from povidgen.errors import (
+    BudgetExceededError,
+    HallucinationError,
+    ProviderError,
+    ProviderFatalError,
+    RunStoppedError,
+)
+from povidgen.hallucinate.base import Hallucinator
+from povidgen.hallucinate.pricing import CostTracker, ModelPrice, Usage, cost_usd, estimate_tokens
+from povidgen.hallucinate.prompts import (
+    PROMPT_VERSION,
+    PromptConfig,
+    build_messages,
+    prompt_fingerprint,
+)
+from povidgen.hallucinate.verify import VerificationError, verify_reply
+from povidgen.schema import Example, Hallucination
+
+__all__ = ["LLMHallucinator", "Reply"]
+
+logger = logging.getLogger("povidgen")
+
+_TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
+_FATAL_STATUS = {401, 402, 403}
+_QUOTA_MARKERS = ("insufficient_quota", "quota", "billing", "credit balance", "spend limit")
+
+
+class Reply:
+    """One provider response: the raw text the model returned and the tokens it cost."""
+
+    __slots__ = ("text", "usage")
+
+    def __init__(self, text: str, usage: Usage) -> None:
+        self.text = text
+        self.usage = usage
+
+
+def status_of(error: BaseException) -> int | None:
+    """The HTTP status of an SDK error (``status_code`` on openai/anthropic errors)."""
+    status = getattr(error, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+def retry_after(error: BaseException) -> float | None:
+    """Seconds the server asked us to wait (``retry-after-ms`` / ``retry-after``), if any."""
+    response = getattr(error, "response", None)
+    headers = getattr(response, "headers", None)
+    if headers is None:
+        return None
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds is not None:
+        try:
+            return max(0.0, float(milliseconds) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        parsed = email.utils.parsedate_to_datetime(value)
+        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+
+
+def is_transient(error: BaseException) -> bool:
+    """Worth retrying: timeouts, dropped connections, rate limits, server errors."""
+    if isinstance(error, asyncio.TimeoutError | ConnectionError):
+        return True
+    name = type(error).__name__
+    if name in ("APITimeoutError", "APIConnectionError"):
+        return True
+    status = status_of(error)
+    return status in _TRANSIENT_STATUS and not is_fatal(error)
+
+
+def is_fatal(error: BaseException) -> bool:
+    """Stops the run: bad credentials, no permission, exhausted quota or billing."""
+    status = status_of(error)
+    if status in _FATAL_STATUS:
+        return True
+    if status == 429:
+        text = f"{getattr(error, 'code', '')} {getattr(error, 'type', '')} {error}".lower()
+        return any(marker in text for marker in _QUOTA_MARKERS)
+    return False
+
+
+class _Backoff:
+    """tenacity wait: exponential (1, 2, 4 ... max 60 s), never less than retry-after."""
+
+    def __init__(self, initial: float, maximum: float) -> None:
+        self.initial = initial
+        self.maximum = maximum
+
+    def __call__(self, retry_state: RetryCallState) -> float:
+        exponential: float = min(self.maximum, self.initial * 2 ** (retry_state.attempt_number - 1))
+        outcome = retry_state.outcome
+        error = outcome.exception() if outcome is not None else None
+        asked = retry_after(error) if error is not None else None
+        return max(exponential, asked) if asked is not None else exponential
+
+
+class LLMHallucinator(Hallucinator):
+    """Base class of the API-backed hallucinators (OpenAI, Anthropic, OpenAI-compatible).
+
+    Subclasses implement :meth:`_complete` (one request, raising the SDK's exceptions) and set
+    :attr:`name` and :attr:`provider`.
+
+    Args:
+        model: the provider's model name; it picks the price from the price table.
+        prompt: what to ask for (:class:`~povidgen.hallucinate.prompts.PromptConfig`).
+        send_image: send the image with the prompt (``False`` for text-only models).
+        image_max_side: the client-side resize before upload, in pixels.
+        max_attempts: replies tried per example before a failed verification becomes a row error.
+        max_retries: transient-fault retries per request.
+        timeout: seconds per request.
+        requests_per_minute / tokens_per_minute: client-side rate limits (``None``: none).
+        max_cost_usd: stop submitting before the run's cost would pass this.
+        prices: model -> :class:`~povidgen.hallucinate.pricing.ModelPrice`, over the table.
+        max_output_tokens: the reply's token limit.
+    """
+
+    provider: str = "llm"
+    image_tokens: int = 800
+    """Tokens one image is assumed to cost when estimating a call before sending it."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        prompt: PromptConfig | None = None,
+        send_image: bool = True,
+        image_max_side: int = 1024,
+        max_attempts: int = 3,
+        max_retries: int = 6,
+        timeout: float = 60.0,
+        requests_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        max_cost_usd: float | None = None,
+        prices: dict[str, ModelPrice] | None = None,
+        max_output_tokens: int = 1024,
+        initial_backoff: float = 1.0,
+    ) -> None:
+        if not model or not isinstance(model, str):
+            raise ValueError("model must be a non-empty model name")
+        for label, value in (("max_attempts", max_attempts), ("image_max_side", image_max_side)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{label} must be a positive int, got {value!r}")
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        if timeout <= 0:
+            raise ValueError(f"timeout must be positive, got {timeout!r}")
+        if max_cost_usd is not None and max_cost_usd <= 0:
+            raise ValueError(f"max_cost_usd must be positive, got {max_cost_usd!r}")
+        self.model = model
+        self.prompt = prompt or PromptConfig()
+        self.send_image = send_image
+        self.image_max_side = image_max_side
+        self.max_attempts = max_attempts
+        self.max_retries = max_retries
+        self.timeout = timeout
+        self.max_output_tokens = max_output_tokens
+        self.initial_backoff = initial_backoff
+        self.prices = prices
+        self.cost = CostTracker(max_cost_usd)
+        """The run's spending so far (``cost.spent``, in USD)."""
+        self.usage = Usage(input_tokens=0, output_tokens=0)
+        """Tokens used so far."""
+        self.calls = 0
+        """Requests sent, retries included."""
+        self._stopped: RunStoppedError | None = None
+        self._user_client: Any | None = None
+        self._client: Any | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._limiters = _limiters(requests_per_minute, tokens_per_minute)
+        self._rpm = requests_per_minute
+        self._tpm = tokens_per_minute
+        self._max_cost_usd = max_cost_usd
+        cost_usd(model, Usage(input_tokens=1, output_tokens=1), prices=prices)  # fail early
+
+    # -- provenance ---------------------------------------------------------------------------
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "model": self.model,
+            "prompt_version": PROMPT_VERSION,
+            "prompt_fingerprint": prompt_fingerprint(self.prompt),
+            "kinds": [str(kind) for kind in self.prompt.kinds],
+            "min_edits": self.prompt.min_edits,
+            "max_edits": self.prompt.max_edits,
+            "max_length_ratio": self.prompt.max_length_ratio,
+            "send_image": self.send_image,
+            "max_attempts": self.max_attempts,
+        }
+
+    @property
+    def stopped(self) -> RunStoppedError | None:
+        """Why the hallucinator stopped taking calls, or ``None``."""
+        return self._stopped
+
+    # -- the per-example loop -----------------------------------------------------------------
+
+    async def ahallucinate(self, example: Example) -> Hallucination:
+        feedback: str | None = None
+        previous: str | None = None
+        for attempt in range(1, self.max_attempts + 1):
+            system, user = build_messages(
+                example, self.prompt, feedback=feedback, previous_reply=previous
+            )
+            reply = await self._call(system, user, example)
+            try:
+                return verify_reply(example, reply.text, self.prompt)
+            except VerificationError as error:
+                logger.info(
+                    "reply for %s failed verification (attempt %d/%d): %s",
+                    example.id,
+                    attempt,
+                    self.max_attempts,
+                    error.reason,
+                )
+                feedback, previous = error.reason, reply.text
+        raise VerificationError(
+            f"no reply passed verification in {self.max_attempts} attempts; last: {feedback}"
+        )
+
+    async def _call(self, system: str, user: str, example: Example) -> Reply:
+        if self._stopped is not None:
+            raise type(self._stopped)(f"not attempted: {self._stopped}")
+        estimate = Usage(
+            input_tokens=estimate_tokens(system + user)
+            + (self.image_tokens if self.send_image else 0),
+            output_tokens=self.max_output_tokens,
+        )
+        reserved = cost_usd(self.model, estimate, batch=False, prices=self.prices)
+        if not self.cost.reserve(reserved):
+            self._stop(
+                BudgetExceededError(
+                    f"max_cost_usd={self._max_cost_usd} reached (spent ${self.cost.spent:.4f}); "
+                    "no further requests are sent"
+                )
+            )
+            assert self._stopped is not None
+            raise self._stopped
+        try:
+            reply = await self._send(system, user, example.image, estimate.input_tokens)
+        except BaseException:
+            self.cost.release(reserved)
+            raise
+        self.cost.release(reserved)
+        self.cost.add(cost_usd(self.model, reply.usage, prices=self.prices))
+        self.usage = Usage(
+            input_tokens=self.usage.input_tokens + reply.usage.input_tokens,
+            output_tokens=self.usage.output_tokens + reply.usage.output_tokens,
+        )
+        return reply
+
+    async def _send(self, system: str, user: str, image: Image.Image, input_tokens: int) -> Reply:
+        image_url = _data_url(image, self.image_max_side) if self.send_image else None
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.max_retries + 1),
+            wait=_Backoff(self.initial_backoff, 60.0),
+            retry=retry_if_exception(is_transient),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    await self._throttle(input_tokens + self.max_output_tokens)
+                    self.calls += 1
+                    return await self._complete(system, user, image_url)
+        except Exception as error:
+            if isinstance(error, HallucinationError | RunStoppedError):
+                raise
+            if is_fatal(error):
+                self._stop(ProviderFatalError(_describe(self.provider, error)))
+                assert self._stopped is not None
+                raise self._stopped from error
+            raise ProviderError(_describe(self.provider, error)) from error
+        raise AssertionError("unreachable: tenacity either returns or raises")
+
+    async def _throttle(self, tokens: int) -> None:
+        requests, token_budget = self._limiters
+        if requests is not None:
+            await requests.acquire()
+        if token_budget is not None:
+            await token_budget.acquire(min(tokens, token_budget.max_rate))
+
+    def _stop(self, reason: RunStoppedError) -> None:
+        if self._stopped is None:
+            logger.error("%s: %s", type(self).__name__, reason)
+            self._stopped = reason
+
+    def client(self) -> Any:
+        """The SDK client for the running event loop.
+
+        An HTTP connection pool belongs to the loop that opened it, so a client made by
+        povidgen is (re)made per loop and closed by :meth:`aclose`; a client passed in by the
+        user is used as it is and never closed here.
+        """
+        loop = asyncio.get_running_loop()
+        if self._user_client is not None:
+            return self._user_client
+        if self._client is None or self._client_loop is not loop:
+            self._client = self._make_client()
+            self._client_loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client, self._client_loop = self._client, None, None
+        if client is not None:
+            await client.close()
+
+    def _make_client(self) -> Any:
+        """A new SDK client with retries off (subclasses that talk HTTP override this)."""
+        raise NotImplementedError
+
+    @abstractmethod
+    async def _complete(self, system: str, user: str, image_url: str | None) -> Reply:
+        """Send one request; return the raw reply text and its usage; raise the SDK's errors.
+
+        ``image_url`` is a ``data:image/jpeg;base64,...`` URL, or ``None`` for text only.
+        """
+
+
+def _limiters(rpm: float | None, tpm: float | None) -> tuple[Any, Any]:
+    if rpm is None and tpm is None:
+        return None, None
+    try:
+        from aiolimiter import AsyncLimiter
+    except ImportError as error:  # an optional dependency of the provider extras
+        raise ImportError(
+            "requests_per_minute / tokens_per_minute need aiolimiter: pip install aiolimiter"
+        ) from error
+    for label, value in (("requests_per_minute", rpm), ("tokens_per_minute", tpm)):
+        if value is not None and value <= 0:
+            raise ValueError(f"{label} must be positive, got {value!r}")
+    return (
+        AsyncLimiter(rpm, 60.0) if rpm is not None else None,
+        AsyncLimiter(tpm, 60.0) if tpm is not None else None,
+    )
+
+
+def _data_url(image: Image.Image, max_side: int) -> str:
+    """The image as a JPEG data URL, scaled down so its longer side is at most ``max_side``."""
+    picture = image.convert("RGB")
+    if max(picture.size) > max_side:
+        scale = max_side / max(picture.size)
+        size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+        picture = picture.resize(size, Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=90)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _describe(provider: str, error: BaseException) -> str:
+    """A message for an SDK error without request details (which could carry secrets)."""
+    status = status_of(error)
+    detail = getattr(error, "message", None) or str(error) or type(error).__name__
+    prefix = f"{provider} {type(error).__name__}"
+    return f"{prefix} (HTTP {status}): {detail}" if status else f"{prefix}: {detail}"

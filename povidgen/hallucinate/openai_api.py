@@ -1,0 +1,119 @@
+"""OpenAI and OpenAI-compatible servers (vLLM, llama.cpp, Ollama) as a hallucinator."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, ClassVar
+
+from pydantic import SecretStr, ValidationError
+
+from povidgen.hallucinate.llm import LLMHallucinator, Reply
+from povidgen.hallucinate.pricing import Usage
+from povidgen.hallucinate.prompts import RewriteReply
+
+__all__ = ["OpenAIHallucinator"]
+
+_MALFORMED = "the reply was not a JSON object matching the schema (rejected, edits)"
+
+
+def _import_openai() -> Any:
+    try:
+        import openai
+    except ImportError as error:
+        raise ImportError(
+            "OpenAIHallucinator needs the openai SDK: pip install 'povidgen[openai]'"
+        ) from error
+    return openai
+
+
+class OpenAIHallucinator(LLMHallucinator):
+    """Rewrites answers with an OpenAI chat model (or any OpenAI-compatible server).
+
+    The request carries the system prompt, the question and correct answer, and (unless
+    ``send_image=False``) the image as a JPEG data URL, with ``response_format`` set to the
+    :class:`~povidgen.hallucinate.prompts.RewriteReply` schema through the SDK's
+    ``chat.completions.parse`` helper.
+
+    Args:
+        model: e.g. ``"gpt-4o-mini"``; for a local server, the name it serves (give its price
+            in ``prices=`` or it is refused, so ``max_cost_usd`` always means something).
+        client: an ``openai.AsyncOpenAI`` to use (its retries are switched off: povidgen retries).
+        base_url: the server, default ``$OPENAI_BASE_URL`` or OpenAI's.
+        api_key: default ``$OPENAI_API_KEY``; kept as a ``SecretStr`` and never logged.
+        **options: the shared settings of :class:`~povidgen.hallucinate.llm.LLMHallucinator`.
+    """
+
+    name: ClassVar[str] = "openai"
+    provider = "openai"
+    image_tokens = 765  # a 1024 px image at high detail
+
+    def __init__(
+        self,
+        model: str = "gpt-4o-mini",
+        *,
+        client: Any | None = None,
+        base_url: str | None = None,
+        api_key: SecretStr | str | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(model, **options)
+        openai = _import_openai()
+        if client is not None:
+            self._user_client = client.with_options(max_retries=0, timeout=self.timeout)
+        else:
+            key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+            if key is None:
+                raise ValueError(
+                    "no OpenAI API key: set OPENAI_API_KEY, or pass api_key= or client= "
+                    "(local OpenAI-compatible servers accept any key, e.g. api_key='none')"
+                )
+            self._api_key = key if isinstance(key, SecretStr) else SecretStr(key)
+            self._base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+        self._openai = openai
+
+    def _make_client(self) -> Any:
+        return self._openai.AsyncOpenAI(
+            api_key=self._api_key.get_secret_value(),
+            base_url=self._base_url,
+            max_retries=0,
+            timeout=self.timeout,
+        )
+
+    async def _complete(self, system: str, user: str, image_url: str | None) -> Reply:
+        content: list[dict[str, Any]] = [{"type": "text", "text": user}]
+        if image_url is not None:
+            content.append({"type": "image_url", "image_url": {"url": image_url}})
+        messages = [{"role": "system", "content": system}, {"role": "user", "content": content}]
+        try:
+            completion = await self.client().chat.completions.parse(
+                model=self.model,
+                messages=messages,
+                response_format=RewriteReply,
+                max_completion_tokens=self.max_output_tokens,
+            )
+        except self._openai.LengthFinishReasonError as error:
+            return Reply("the reply was cut off at max_output_tokens", _usage(error.completion))
+        except (ValidationError, json.JSONDecodeError):
+            # the SDK could not parse the reply; its usage is lost with it, so charge the cap
+            return Reply(_MALFORMED, Usage(input_tokens=0, output_tokens=self.max_output_tokens))
+        message = completion.choices[0].message
+        usage = _usage(completion)
+        if message.refusal:
+            return Reply(json.dumps({"rejected": message.refusal, "edits": []}), usage)
+        if message.parsed is not None:
+            return Reply(message.parsed.model_dump_json(), usage)
+        return Reply(message.content or _MALFORMED, usage)
+
+
+def _usage(completion: Any) -> Usage:
+    usage = getattr(completion, "usage", None)
+    if usage is None:
+        return Usage(input_tokens=0, output_tokens=0)
+    details = getattr(usage, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", 0) or 0
+    return Usage(
+        input_tokens=usage.prompt_tokens or 0,
+        output_tokens=usage.completion_tokens or 0,
+        cached_input_tokens=cached,
+    )

@@ -1,0 +1,289 @@
+"""Token prices, call costs and a budget cap for API-backed hallucinators.
+
+* :class:`Usage` is what one call consumed; :class:`ModelPrice` is a model's price in USD per
+  million tokens; :data:`PRICES` holds list prices for common OpenAI and Anthropic models.
+* :func:`price_for` finds a model's price by exact name or by the longest known prefix, so dated
+  snapshots (``gpt-4o-2024-08-06``, ``claude-sonnet-4-5-20250929``) resolve to their family.
+* :func:`cost_usd` prices a call (batch APIs cost half).
+* :class:`CostTracker` keeps a run's running total and, with :meth:`CostTracker.reserve`, lets
+  callers stop submitting calls before ``max_cost_usd`` would be passed.
+* :func:`estimate_tokens` is a cheap token estimate for reservations.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from povidgen.errors import BudgetExceededError
+
+__all__ = [
+    "ANTHROPIC_IMAGE_TOKENS",
+    "CHARS_PER_TOKEN",
+    "OPENAI_IMAGE_TOKENS",
+    "PRICES",
+    "BudgetExceededError",
+    "CostTracker",
+    "ModelPrice",
+    "Usage",
+    "cost_usd",
+    "estimate_tokens",
+    "price_for",
+]
+
+BATCH_DISCOUNT = 0.5
+"""The factor batch APIs (OpenAI Batch, Anthropic Message Batches) apply to every token price."""
+
+CHARS_PER_TOKEN = 4
+"""The rough characters-per-token ratio of English text that :func:`estimate_tokens` uses."""
+
+OPENAI_IMAGE_TOKENS = 765
+"""Input tokens of one image on OpenAI's GPT-4o family at ``detail="high"``, for an image
+scaled to fit 1024 x 1024: 85 base tokens + 170 per 512-px tile, 4 tiles (``detail="low"`` is a
+flat 85). Pass it to :func:`estimate_tokens` as ``tokens_per_image``."""
+
+ANTHROPIC_IMAGE_TOKENS = 1600
+"""Input tokens of one image on Anthropic's Claude models at the largest size sent without
+downscaling (about 1.15 megapixels: ``width * height / 750``). Pass it to
+:func:`estimate_tokens` as ``tokens_per_image``."""
+
+
+class Usage(BaseModel):
+    """The tokens one call (or several, added with ``+``) consumed.
+
+    ``input_tokens`` counts *all* prompt tokens, cached ones included; ``cached_input_tokens``
+    is the part of them served from the provider's prompt cache (OpenAI's
+    ``prompt_tokens_details.cached_tokens``). For Anthropic, whose ``input_tokens`` excludes
+    cache reads, pass ``input_tokens + cache_read_input_tokens`` as ``input_tokens``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_tokens: int = Field(ge=0)
+    output_tokens: int = Field(ge=0)
+    cached_input_tokens: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _cached_within_input(self) -> Usage:
+        if self.cached_input_tokens > self.input_tokens:
+            raise ValueError(
+                f"cached_input_tokens ({self.cached_input_tokens}) exceeds input_tokens "
+                f"({self.input_tokens}); input_tokens must include the cached tokens"
+            )
+        return self
+
+    def __add__(self, other: Usage) -> Usage:
+        """The usage of both calls together."""
+        return Usage(
+            input_tokens=self.input_tokens + other.input_tokens,
+            output_tokens=self.output_tokens + other.output_tokens,
+            cached_input_tokens=self.cached_input_tokens + other.cached_input_tokens,
+        )
+
+
+class ModelPrice(BaseModel):
+    """A model's price in USD per million tokens.
+
+    ``cached_input_per_mtok`` is the price of prompt-cache reads; ``None`` bills cached tokens
+    at the full input price.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    input_per_mtok: float = Field(ge=0)
+    output_per_mtok: float = Field(ge=0)
+    cached_input_per_mtok: float | None = Field(default=None, ge=0)
+
+
+def _price(input_: float, output: float, cached: float | None = None) -> ModelPrice:
+    return ModelPrice(input_per_mtok=input_, output_per_mtok=output, cached_input_per_mtok=cached)
+
+
+# Public list prices in USD per million tokens (standard tier, no batch discount) as published
+# by OpenAI and Anthropic and known in 2025 (checked against their pricing pages as of October
+# 2025). Prices change: override or extend them with the ``prices`` argument of price_for /
+# cost_usd (and of the hallucinators), e.g. prices={"gpt-4o": ModelPrice(...)}.
+# Anthropic's cached price is the cache-read price; cache writes (1.25x input) are not modelled.
+PRICES: dict[str, ModelPrice] = {
+    # OpenAI
+    "gpt-4o": _price(2.50, 10.00, 1.25),
+    "gpt-4o-mini": _price(0.15, 0.60, 0.075),
+    "gpt-4.1": _price(2.00, 8.00, 0.50),
+    "gpt-4.1-mini": _price(0.40, 1.60, 0.10),
+    "gpt-4.1-nano": _price(0.10, 0.40, 0.025),
+    "o4-mini": _price(1.10, 4.40, 0.275),
+    "gpt-5": _price(1.25, 10.00, 0.125),
+    "gpt-5-mini": _price(0.25, 2.00, 0.025),
+    "gpt-5-nano": _price(0.05, 0.40, 0.005),
+    # Anthropic
+    "claude-opus-4-1": _price(15.00, 75.00, 1.50),
+    "claude-sonnet-4-5": _price(3.00, 15.00, 0.30),
+    "claude-sonnet-4": _price(3.00, 15.00, 0.30),
+    "claude-haiku-4-5": _price(1.00, 5.00, 0.10),
+    "claude-3-5-haiku": _price(0.80, 4.00, 0.08),
+}
+
+_SNAPSHOT_SEPARATORS = "-@:_"
+
+
+def price_for(model: str, prices: Mapping[str, ModelPrice] | None = None) -> ModelPrice | None:
+    """The price of ``model``, or ``None`` when it is not known.
+
+    ``prices`` extends and overrides :data:`PRICES`. A model matches a known name exactly, or
+    else the longest known name that is a prefix of it followed by a separator (``-``, ``@``,
+    ``:`` or ``_``), so ``gpt-4o-mini-2024-07-18`` is ``gpt-4o-mini`` and
+    ``claude-sonnet-4-5-20250929`` is ``claude-sonnet-4-5``, while ``gpt-4.1`` is not
+    ``gpt-4``. A ``provider/`` prefix (``openai/gpt-4o``) is tried without it too.
+    """
+    table: dict[str, ModelPrice] = {**PRICES, **(prices or {})}
+    candidates = [model]
+    if "/" in model:
+        candidates.append(model.rsplit("/", 1)[1])
+    for name in candidates:
+        if name in table:
+            return table[name]
+        matches = [
+            known
+            for known in table
+            if len(name) > len(known)
+            and name.startswith(known)
+            and name[len(known)] in _SNAPSHOT_SEPARATORS
+        ]
+        if matches:
+            return table[max(matches, key=len)]
+    return None
+
+
+def cost_usd(
+    model: str,
+    usage: Usage,
+    *,
+    batch: bool = False,
+    prices: Mapping[str, ModelPrice] | None = None,
+) -> float:
+    """The cost in USD of ``usage`` on ``model`` (half price when ``batch``).
+
+    Raises ``ValueError`` naming the model when no price is known for it.
+    """
+    price = price_for(model, prices)
+    if price is None:
+        raise ValueError(
+            f"no price is known for model {model!r}; pass one with "
+            f"prices={{{model!r}: ModelPrice(input_per_mtok=..., output_per_mtok=...)}} "
+            "(USD per million tokens)"
+        )
+    cached_rate = (
+        price.input_per_mtok if price.cached_input_per_mtok is None else price.cached_input_per_mtok
+    )
+    uncached = usage.input_tokens - usage.cached_input_tokens
+    total = (
+        uncached * price.input_per_mtok
+        + usage.cached_input_tokens * cached_rate
+        + usage.output_tokens * price.output_per_mtok
+    ) / 1_000_000
+    return total * BATCH_DISCOUNT if batch else total
+
+
+def estimate_tokens(text: str, *, images: int = 0, tokens_per_image: int = 0) -> int:
+    """A cheap upper-leaning token estimate: ``ceil(len(text) / 4)`` plus the images.
+
+    Image tokens depend on the provider and the image size, so the caller passes a fixed
+    ``tokens_per_image`` (see :data:`OPENAI_IMAGE_TOKENS` and :data:`ANTHROPIC_IMAGE_TOKENS`).
+    """
+    if images < 0 or tokens_per_image < 0:
+        raise ValueError("images and tokens_per_image must not be negative")
+    return math.ceil(len(text) / CHARS_PER_TOKEN) + images * tokens_per_image
+
+
+class CostTracker:
+    """A run's running cost, with reservations so that callers stop before a cap is passed.
+
+    Before a call, :meth:`reserve` its estimated cost: it returns ``False`` (and reserves
+    nothing) when the spent total plus the outstanding reservations plus the estimate would
+    pass ``max_cost_usd``. After the call, :meth:`release` the reservation and :meth:`add` the
+    real cost (or do both with ``release(estimate, actual)``). A reservation counts against the
+    cap until it is released. With ``max_cost_usd=None`` every reservation succeeds and the
+    tracker only sums.
+
+    All methods are synchronous and lock-protected, so they are safe from concurrent asyncio
+    tasks (they never await) and from threads.
+    """
+
+    def __init__(self, max_cost_usd: float | None = None) -> None:
+        if max_cost_usd is not None and not max_cost_usd >= 0:
+            raise ValueError(f"max_cost_usd must be zero or positive, got {max_cost_usd!r}")
+        self.max_cost_usd = max_cost_usd
+        self._spent = 0.0
+        self._reserved = 0.0
+        self._reservations = 0
+        self._lock = threading.Lock()
+
+    @property
+    def spent(self) -> float:
+        """The real cost recorded so far, in USD."""
+        return self._spent
+
+    @property
+    def reserved(self) -> float:
+        """The estimated cost of calls reserved but not yet released, in USD."""
+        return self._reserved
+
+    @property
+    def remaining(self) -> float | None:
+        """What is left under the cap after spending and reservations (``None`` when uncapped)."""
+        if self.max_cost_usd is None:
+            return None
+        return max(0.0, self.max_cost_usd - self._spent - self._reserved)
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the real cost has reached the cap (never, when uncapped)."""
+        return self.max_cost_usd is not None and self._spent >= self.max_cost_usd
+
+    def add(self, cost: float) -> None:
+        """Record a real cost (it may take the total past the cap: estimates can be low)."""
+        _check_amount("cost", cost)
+        with self._lock:
+            self._spent += cost
+
+    def reserve(self, estimate: float) -> bool:
+        """Reserve ``estimate`` USD for a call; ``False`` (nothing reserved) if it would pass
+        the cap."""
+        _check_amount("estimate", estimate)
+        with self._lock:
+            if (
+                self.max_cost_usd is not None
+                and self._spent + self._reserved + estimate > self.max_cost_usd
+            ):
+                return False
+            self._reserved += estimate
+            self._reservations += 1
+            return True
+
+    def release(self, estimate: float, actual: float | None = None) -> None:
+        """Release a reservation made with :meth:`reserve`, recording ``actual`` when given."""
+        _check_amount("estimate", estimate)
+        if actual is not None:
+            _check_amount("actual", actual)
+        with self._lock:
+            if self._reservations == 0:
+                raise ValueError("release() without a matching reserve()")
+            self._reservations -= 1
+            # Exactly zero once nothing is outstanding, so float drift cannot accumulate.
+            self._reserved = max(0.0, self._reserved - estimate) if self._reservations else 0.0
+            if actual is not None:
+                self._spent += actual
+
+    def __repr__(self) -> str:
+        return (
+            f"CostTracker(max_cost_usd={self.max_cost_usd!r}, spent={self._spent:.6f}, "
+            f"reserved={self._reserved:.6f})"
+        )
+
+
+def _check_amount(name: str, value: float) -> None:
+    if not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be a finite, non-negative number of USD, got {value!r}")
