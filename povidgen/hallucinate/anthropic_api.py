@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from pydantic import SecretStr, ValidationError
 
+from povidgen.errors import ProviderError
+from povidgen.hallucinate.batch import BatchBackend, BatchItem
 from povidgen.hallucinate.llm import LLMHallucinator, Reply
 from povidgen.hallucinate.pricing import Usage
 from povidgen.hallucinate.prompts import RewriteReply
@@ -101,16 +104,88 @@ class AnthropicHallucinator(LLMHallucinator):
             )
         except (ValidationError, json.JSONDecodeError):
             return Reply(_MALFORMED, Usage(input_tokens=0, output_tokens=self.max_output_tokens))
-        cached = getattr(message.usage, "cache_read_input_tokens", 0) or 0
-        usage = Usage(  # povidgen's input_tokens include the cached ones
-            input_tokens=(message.usage.input_tokens or 0) + cached,
-            output_tokens=message.usage.output_tokens or 0,
-            cached_input_tokens=cached,
-        )
-        text = "".join(block.text for block in message.content if block.type == "text")
-        if message.stop_reason == "refusal":
-            return Reply(json.dumps({"rejected": text or "refused", "edits": []}), usage)
-        if message.stop_reason == "max_tokens":
-            return Reply("the reply was cut off at max_output_tokens", usage)
+        reply = _reply(message)
         parsed = message.parsed_output
-        return Reply(parsed.model_dump_json() if parsed is not None else text or _MALFORMED, usage)
+        if parsed is not None and message.stop_reason not in ("refusal", "max_tokens"):
+            return Reply(parsed.model_dump_json(), reply.usage)
+        return reply
+
+    def _batch_request(self, system: str, user: str, image_url: str | None) -> dict[str, Any]:
+        # the schema transform that messages.parse uses, so batch and live requests agree
+        from anthropic.lib._parse._transform import transform_schema
+
+        return {
+            "model": self.model,
+            "max_tokens": self.max_output_tokens,
+            "system": system,
+            "messages": _messages(user, image_url),
+            "output_config": {
+                "format": {
+                    "type": "json_schema",
+                    "schema": transform_schema(RewriteReply.model_json_schema()),
+                }
+            },
+        }
+
+    def _batch_backend(self) -> BatchBackend:
+        return _AnthropicBatches(self.client())
+
+
+class _AnthropicBatches(BatchBackend):
+    """Anthropic's Message Batches API."""
+
+    provider = "anthropic"
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    async def submit(self, items: Sequence[BatchItem]) -> str:
+        batch = await self.client.messages.batches.create(
+            requests=[{"custom_id": item.custom_id, "params": item.request} for item in items]
+        )
+        return str(batch.id)
+
+    async def poll(self, batch_id: str) -> bool:
+        batch = await self.client.messages.batches.retrieve(batch_id)
+        return bool(batch.processing_status == "ended")
+
+    async def results(self, batch_id: str) -> dict[str, tuple[str, Usage] | ProviderError]:
+        found: dict[str, tuple[str, Usage] | ProviderError] = {}
+        async for entry in await self.client.messages.batches.results(batch_id):
+            result = entry.result
+            if result.type == "succeeded":
+                reply = _reply(result.message)
+                found[str(entry.custom_id)] = (reply.text, reply.usage)
+            else:
+                detail = getattr(result, "error", None) or result.type
+                found[str(entry.custom_id)] = ProviderError(
+                    f"batch request {result.type}: {detail}"
+                )
+        return found
+
+
+def _reply(message: Any) -> Reply:
+    """The text and usage of a Message (refusals and truncations made explicit)."""
+    cached = getattr(message.usage, "cache_read_input_tokens", 0) or 0
+    usage = Usage(  # povidgen's input_tokens include the cached ones
+        input_tokens=(message.usage.input_tokens or 0) + cached,
+        output_tokens=message.usage.output_tokens or 0,
+        cached_input_tokens=cached,
+    )
+    text = "".join(block.text for block in message.content if block.type == "text")
+    if message.stop_reason == "refusal":
+        return Reply(json.dumps({"rejected": text or "refused", "edits": []}), usage)
+    if message.stop_reason == "max_tokens":
+        return Reply("the reply was cut off at max_output_tokens", usage)
+    return Reply(text or _MALFORMED, usage)
+
+
+def _messages(user: str, image_url: str | None) -> list[dict[str, Any]]:
+    content: list[dict[str, Any]] = []
+    if image_url is not None:
+        media_type, data = image_url.removeprefix("data:").split(";base64,", 1)
+        content.append(
+            {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+        )
+    content.append({"type": "text", "text": user})
+    return [{"role": "user", "content": content}]

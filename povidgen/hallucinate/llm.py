@@ -24,10 +24,14 @@ import asyncio
 import base64
 import email.utils
 import io
+import json
 import logging
+import os
 import time
 from abc import abstractmethod
-from typing import Any
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Literal
 
 from PIL import Image
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt
@@ -39,7 +43,8 @@ from povidgen.errors import (
     ProviderFatalError,
     RunStoppedError,
 )
-from povidgen.hallucinate.base import Hallucinator
+from povidgen.hallucinate.base import HallucinationResult, Hallucinator
+from povidgen.hallucinate.batch import BatchBackend, BatchItem, batch_key, custom_id_for, run_batch
 from povidgen.hallucinate.pricing import CostTracker, ModelPrice, Usage, cost_usd, estimate_tokens
 from povidgen.hallucinate.prompts import (
     PROMPT_VERSION,
@@ -152,6 +157,10 @@ class LLMHallucinator(Hallucinator):
         max_cost_usd: stop submitting before the run's cost would pass this.
         prices: model -> :class:`~povidgen.hallucinate.pricing.ModelPrice`, over the table.
         max_output_tokens: the reply's token limit.
+        mode: ``"live"`` (one request per example) or ``"batch"`` (the provider's batch API at
+            half price; see :mod:`povidgen.hallucinate.batch`).
+        batch_dir: where batch state is kept (default ``$XDG_CACHE_HOME/povidgen/batches``).
+        poll_interval: seconds between polls of a running batch.
     """
 
     provider: str = "llm"
@@ -174,6 +183,9 @@ class LLMHallucinator(Hallucinator):
         prices: dict[str, ModelPrice] | None = None,
         max_output_tokens: int = 1024,
         initial_backoff: float = 1.0,
+        mode: Literal["live", "batch"] = "live",
+        batch_dir: str | os.PathLike[str] | None = None,
+        poll_interval: float = 30.0,
     ) -> None:
         if not model or not isinstance(model, str):
             raise ValueError("model must be a non-empty model name")
@@ -186,6 +198,12 @@ class LLMHallucinator(Hallucinator):
             raise ValueError(f"timeout must be positive, got {timeout!r}")
         if max_cost_usd is not None and max_cost_usd <= 0:
             raise ValueError(f"max_cost_usd must be positive, got {max_cost_usd!r}")
+        if mode not in ("live", "batch"):
+            raise ValueError(f"mode must be 'live' or 'batch', got {mode!r}")
+        self.mode = mode
+        self.batch_dir = Path(batch_dir) if batch_dir is not None else _default_batch_dir()
+        """Where batch state files live, so an interrupted run resumes its batches."""
+        self.poll_interval = poll_interval
         self.model = model
         self.prompt = prompt or PromptConfig()
         self.send_image = send_image
@@ -226,12 +244,107 @@ class LLMHallucinator(Hallucinator):
             "max_length_ratio": self.prompt.max_length_ratio,
             "send_image": self.send_image,
             "max_attempts": self.max_attempts,
+            "mode": self.mode,
         }
 
     @property
     def stopped(self) -> RunStoppedError | None:
         """Why the hallucinator stopped taking calls, or ``None``."""
         return self._stopped
+
+    # -- batch mode ---------------------------------------------------------------------------
+
+    async def ahallucinate_many(
+        self,
+        examples: Sequence[Example],
+        *,
+        concurrency: int = 8,
+        on_result: Callable[[int, HallucinationResult], None] | None = None,
+    ) -> list[HallucinationResult]:
+        if self.mode == "live":
+            return await super().ahallucinate_many(
+                examples, concurrency=concurrency, on_result=on_result
+            )
+        results = await self._run_batch(examples)
+        if on_result is not None:
+            for index, result in enumerate(results):
+                on_result(index, result)
+        return results
+
+    async def _run_batch(self, examples: Sequence[Example]) -> list[HallucinationResult]:
+        if self._stopped is not None:
+            stopped = type(self._stopped)(f"not attempted: {self._stopped}")
+            return [stopped for _ in examples]
+        items = []
+        for example in examples:
+            system, user = build_messages(example, self.prompt)
+            image_url = _data_url(example.image, self.image_max_side) if self.send_image else None
+            request = self._batch_request(system, user, image_url)
+            items.append(BatchItem(custom_id_for(example.id), example, request))
+        estimate = sum(
+            cost_usd(
+                self.model,
+                Usage(
+                    input_tokens=estimate_tokens(json.dumps(item.request)),
+                    output_tokens=self.max_output_tokens,
+                ),
+                batch=True,
+                prices=self.prices,
+            )
+            for item in items
+        )
+        if not self.cost.reserve(estimate):
+            self._stop(
+                BudgetExceededError(
+                    f"max_cost_usd={self._max_cost_usd} would be passed by a batch of "
+                    f"{len(items)} requests (estimated ${estimate:.4f}); it was not submitted"
+                )
+            )
+            assert self._stopped is not None
+            return [self._stopped for _ in examples]
+        key = batch_key(self.provider, self.model, prompt_fingerprint(self.prompt), items)
+        try:
+            replies = await run_batch(
+                self._batch_backend(),
+                items,
+                state_dir=self.batch_dir,
+                key=key,
+                poll_interval=self.poll_interval,
+            )
+        except Exception as error:  # noqa: BLE001 - a failed batch fails each of its rows
+            if is_fatal(error):
+                self._stop(ProviderFatalError(_describe(self.provider, error)))
+                assert self._stopped is not None
+                failure: ProviderError = self._stopped
+            else:
+                failure = ProviderError(f"batch failed: {_describe(self.provider, error)}")
+            return [failure for _ in examples]
+        finally:
+            self.cost.release(estimate)
+        results: list[HallucinationResult] = []
+        for item in items:
+            reply = replies.get(item.custom_id)
+            if reply is None:
+                results.append(ProviderError("the batch returned no result for this request"))
+                continue
+            if isinstance(reply, ProviderError):
+                results.append(reply)
+                continue
+            text, usage = reply
+            self.cost.add(cost_usd(self.model, usage, batch=True, prices=self.prices))
+            self.usage = self.usage + usage
+            try:
+                results.append(verify_reply(item.example, text, self.prompt))
+            except VerificationError as error:
+                results.append(error)
+        return results
+
+    def _batch_request(self, system: str, user: str, image_url: str | None) -> dict[str, Any]:
+        """The body of one batch request (providers with batch APIs override this)."""
+        raise NotImplementedError(f"{type(self).__name__} has no batch mode")
+
+    def _batch_backend(self) -> BatchBackend:
+        raise NotImplementedError(f"{type(self).__name__} has no batch mode")
 
     # -- the per-example loop -----------------------------------------------------------------
 
@@ -283,10 +396,7 @@ class LLMHallucinator(Hallucinator):
             raise
         self.cost.release(reserved)
         self.cost.add(cost_usd(self.model, reply.usage, prices=self.prices))
-        self.usage = Usage(
-            input_tokens=self.usage.input_tokens + reply.usage.input_tokens,
-            output_tokens=self.usage.output_tokens + reply.usage.output_tokens,
-        )
+        self.usage = self.usage + reply.usage
         return reply
 
     async def _send(self, system: str, user: str, image: Image.Image, input_tokens: int) -> Reply:
@@ -355,6 +465,11 @@ class LLMHallucinator(Hallucinator):
 
         ``image_url`` is a ``data:image/jpeg;base64,...`` URL, or ``None`` for text only.
         """
+
+
+def _default_batch_dir() -> Path:
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "povidgen" / "batches"
 
 
 def _limiters(rpm: float | None, tpm: float | None) -> tuple[Any, Any]:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from pydantic import SecretStr, ValidationError
 
+from povidgen.errors import ProviderError
+from povidgen.hallucinate.batch import BatchBackend, BatchItem
 from povidgen.hallucinate.llm import LLMHallucinator, Reply
 from povidgen.hallucinate.pricing import Usage
 from povidgen.hallucinate.prompts import RewriteReply
@@ -81,10 +84,7 @@ class OpenAIHallucinator(LLMHallucinator):
         )
 
     async def _complete(self, system: str, user: str, image_url: str | None) -> Reply:
-        content: list[dict[str, Any]] = [{"type": "text", "text": user}]
-        if image_url is not None:
-            content.append({"type": "image_url", "image_url": {"url": image_url}})
-        messages = [{"role": "system", "content": system}, {"role": "user", "content": content}]
+        messages = _messages(system, user, image_url)
         try:
             completion = await self.client().chat.completions.parse(
                 model=self.model,
@@ -104,6 +104,93 @@ class OpenAIHallucinator(LLMHallucinator):
         if message.parsed is not None:
             return Reply(message.parsed.model_dump_json(), usage)
         return Reply(message.content or _MALFORMED, usage)
+
+    def _batch_request(self, system: str, user: str, image_url: str | None) -> dict[str, Any]:
+        # the schema helper that chat.completions.parse uses, so batch and live requests agree
+        from openai.lib._parsing._completions import type_to_response_format_param
+
+        return {
+            "model": self.model,
+            "messages": _messages(system, user, image_url),
+            "response_format": type_to_response_format_param(RewriteReply),
+            "max_completion_tokens": self.max_output_tokens,
+        }
+
+    def _batch_backend(self) -> BatchBackend:
+        return _OpenAIBatches(self.client())
+
+
+class _OpenAIBatches(BatchBackend):
+    """The OpenAI Batch API: a JSONL file of requests, then ``/v1/batches``."""
+
+    provider = "openai"
+    _FINISHED = ("completed", "failed", "expired", "cancelled")
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    async def submit(self, items: Sequence[BatchItem]) -> str:
+        lines = [
+            json.dumps(
+                {
+                    "custom_id": item.custom_id,
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": item.request,
+                }
+            )
+            for item in items
+        ]
+        uploaded = await self.client.files.create(
+            file=("povidgen-batch.jsonl", "\n".join(lines).encode("utf-8")), purpose="batch"
+        )
+        batch = await self.client.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        return str(batch.id)
+
+    async def poll(self, batch_id: str) -> bool:
+        batch = await self.client.batches.retrieve(batch_id)
+        return batch.status in self._FINISHED
+
+    async def results(self, batch_id: str) -> dict[str, tuple[str, Usage] | ProviderError]:
+        batch = await self.client.batches.retrieve(batch_id)
+        found: dict[str, tuple[str, Usage] | ProviderError] = {}
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            if not file_id:
+                continue
+            content = await self.client.files.content(file_id)
+            for line in content.text.splitlines():
+                if line.strip():
+                    entry = json.loads(line)
+                    found[str(entry["custom_id"])] = _batch_entry(entry)
+        if not found:
+            raise ProviderError(f"batch {batch_id} ended {batch.status!r} with no results")
+        return found
+
+
+def _batch_entry(entry: dict[str, Any]) -> tuple[str, Usage] | ProviderError:
+    response = entry.get("response") or {}
+    if entry.get("error") or response.get("status_code") != 200:
+        detail = entry.get("error") or response.get("body", {}).get("error") or response
+        return ProviderError(f"batch request failed: {detail}")
+    body = response["body"]
+    message = body["choices"][0]["message"]
+    usage = body.get("usage") or {}
+    tokens = Usage(
+        input_tokens=usage.get("prompt_tokens", 0) or 0,
+        output_tokens=usage.get("completion_tokens", 0) or 0,
+    )
+    if message.get("refusal"):
+        return json.dumps({"rejected": message["refusal"], "edits": []}), tokens
+    return message.get("content") or _MALFORMED, tokens
+
+
+def _messages(system: str, user: str, image_url: str | None) -> list[dict[str, Any]]:
+    content: list[dict[str, Any]] = [{"type": "text", "text": user}]
+    if image_url is not None:
+        content.append({"type": "image_url", "image_url": {"url": image_url}})
+    return [{"role": "system", "content": system}, {"role": "user", "content": content}]
 
 
 def _usage(completion: Any) -> Usage:
