@@ -19,6 +19,7 @@ from povidgen.distort.mask import PatchMask
 from povidgen.distort.noise import GaussianNoise
 from povidgen.distort.resample import Downscale
 from povidgen.errors import (
+    BudgetExceededError,
     DatasetFormatError,
     DistortionError,
     HallucinationError,
@@ -28,9 +29,19 @@ from povidgen.errors import (
     MissingColumnError,
     PluginError,
     PovidgenError,
+    ProviderError,
+    ProviderFatalError,
+    RunStoppedError,
+    VerificationError,
 )
+from povidgen.hallucinate.anthropic_api import AnthropicHallucinator
 from povidgen.hallucinate.base import Hallucinator
+from povidgen.hallucinate.llm import LLMHallucinator
+from povidgen.hallucinate.openai_api import OpenAIHallucinator
+from povidgen.hallucinate.pricing import ModelPrice, Usage
+from povidgen.hallucinate.prompts import PromptConfig
 from povidgen.hallucinate.rule import RuleHallucinator
+from povidgen.hallucinate.transformers_local import TransformersHallucinator
 from povidgen.pairs.builder import BuildReport, PairBuilder
 from povidgen.registry import (
     available_distorters,
@@ -56,6 +67,8 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "AnthropicHallucinator",
+    "BudgetExceededError",
     "BuildReport",
     "ColorJitter",
     "Compose",
@@ -77,17 +90,27 @@ __all__ = [
     "InputError",
     "InvalidExampleError",
     "JPEGCompression",
+    "LLMHallucinator",
     "MissingColumnError",
+    "ModelPrice",
     "OneOf",
+    "OpenAIHallucinator",
     "PairBuilder",
     "PatchMask",
     "PluginError",
     "PovidgenError",
     "PreferencePair",
+    "PromptConfig",
     "Provenance",
+    "ProviderError",
+    "ProviderFatalError",
     "RandomResizedCrop",
     "RowError",
     "RuleHallucinator",
+    "RunStoppedError",
+    "TransformersHallucinator",
+    "Usage",
+    "VerificationError",
     "__version__",
     "available_distorters",
     "available_hallucinators",

@@ -100,6 +100,14 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--max-cost", type=float, default=None, metavar="USD", help="stop before spending more"
     )
+    build.add_argument(
+        "--batch",
+        action="store_true",
+        help="use the provider's batch API (half price; an interrupted run resumes its batch)",
+    )
+    build.add_argument(
+        "--batch-dir", type=Path, default=None, metavar="DIR", help="where batch state is kept"
+    )
     build.add_argument("--rpm", type=float, default=None, help="requests per minute at most")
     build.add_argument("--tpm", type=float, default=None, help="tokens per minute at most")
     build.add_argument(
@@ -178,6 +186,8 @@ def _build(args: argparse.Namespace) -> int:
         seed=args.seed,
         image_folder=image_folder,
         concurrency=args.concurrency,
+        # a batch API takes the whole run in one submission (OpenAI allows 50,000 requests)
+        batch_size=min(max(len(dataset), 1), 50_000) if args.batch else 64,
     )
     tally = getattr(hallucinator, "cost", None)
     with tqdm(total=len(dataset), unit="row", desc="building pairs") as bar:
@@ -235,9 +245,12 @@ def _provider_options(args: argparse.Namespace) -> dict[str, object]:
         ("max_cost_usd", args.max_cost),
         ("requests_per_minute", args.rpm),
         ("tokens_per_minute", args.tpm),
+        ("batch_dir", args.batch_dir),
     ):
         if value is not None:
             options[key] = value
+    if args.batch:
+        options["mode"] = "batch"
     return options
 
 

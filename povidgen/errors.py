@@ -41,6 +41,7 @@ __all__ = [
     "ProviderError",
     "ProviderFatalError",
     "RunStoppedError",
+    "VerificationError",
 ]
 
 
@@ -99,6 +100,19 @@ class ProviderFatalError(RunStoppedError):
 
 class BudgetExceededError(RunStoppedError):
     """Submitting another call could pass the run's ``max_cost_usd``."""
+
+
+class VerificationError(HallucinationError):
+    """A model's reply failed verification (not JSON for the schema, a refusal, identical to the
+    answer, an edit not found in the rewrite...).
+
+    Attributes:
+        reason: a human-readable explanation addressed to the model, fed back on retry.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class DistortionError(PovidgenError):

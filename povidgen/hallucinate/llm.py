@@ -467,6 +467,27 @@ class LLMHallucinator(Hallucinator):
         """
 
 
+class _Pacer:
+    """Evenly spaced requests: each acquire takes the next slot ``interval`` after the last.
+
+    A token bucket would let a run open with a burst that a server's sliding window counts on
+    top of the steady rate (429s); timers that re-arm after each wake-up drift below the rate.
+    Slots are computed from a fixed schedule instead, so neither happens.
+    """
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self.max_rate = 1.0
+        self._next = 0.0
+
+    async def acquire(self, amount: float = 1) -> None:
+        now = time.monotonic()
+        slot = max(now, self._next)
+        self._next = slot + self.interval * amount
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
 def _default_batch_dir() -> Path:
     cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(cache) / "povidgen" / "batches"
@@ -484,10 +505,12 @@ def _limiters(rpm: float | None, tpm: float | None) -> tuple[Any, Any]:
     for label, value in (("requests_per_minute", rpm), ("tokens_per_minute", tpm)):
         if value is not None and value <= 0:
             raise ValueError(f"{label} must be positive, got {value!r}")
-    return (
-        AsyncLimiter(rpm, 60.0) if rpm is not None else None,
-        AsyncLimiter(tpm, 60.0) if tpm is not None else None,
-    )
+    requests = None
+    if rpm is not None:
+        requests = _Pacer(60.0 / rpm)
+    # providers count tokens per minute, so the bucket holds a minute's worth
+    tokens = AsyncLimiter(tpm, 60.0) if tpm is not None else None
+    return requests, tokens
 
 
 def _data_url(image: Image.Image, max_side: int) -> str:

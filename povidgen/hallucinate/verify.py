@@ -36,7 +36,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from povidgen.errors import HallucinationError
+from povidgen.errors import VerificationError
 from povidgen.hallucinate.prompts import ANSWER_CLOSE, ANSWER_OPEN, PromptConfig, RewriteReply
 from povidgen.schema import Edit, Example, Hallucination
 
@@ -88,18 +88,6 @@ _QUOTED = re.compile(
 )
 _FENCE = re.compile(r"^```[\w-]*\s*\n(.*?)\n?```$", re.DOTALL)
 _MAX_SCHEMA_ERRORS = 3
-
-
-class VerificationError(HallucinationError):
-    """A model's reply failed verification.
-
-    Attributes:
-        reason: a human-readable explanation addressed to the model, fed back on retry.
-    """
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 def _normalise(text: str) -> str:
