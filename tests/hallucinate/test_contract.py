@@ -70,6 +70,26 @@ def _scripted_transformers() -> Hallucinator:
     return TransformersHallucinator(Echo(tokenizer, []), tokenizer=tokenizer, max_attempts=1)
 
 
+def _tiny_random_transformers() -> Hallucinator:
+    """A random Llama from a config: its replies are noise, so every row must fail cleanly."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = char_tokenizer()
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=4096,
+    )
+    model = LlamaForCausalLM(config).eval()
+    return TransformersHallucinator(model, tokenizer=tokenizer, max_new_tokens=4, max_attempts=1)
+
+
 FACTORIES: dict[str, Callable[[FakeLLMServer], Hallucinator]] = {
     "rule": lambda server: RuleHallucinator(),
     "openai": lambda server: OpenAIHallucinator(
@@ -79,6 +99,7 @@ FACTORIES: dict[str, Callable[[FakeLLMServer], Hallucinator]] = {
         base_url=server.anthropic_base_url, api_key="sk-contract"
     ),
     "transformers": lambda server: _scripted_transformers(),
+    "transformers (tiny random)": lambda server: _tiny_random_transformers(),
     "user subclass": lambda server: Shouting(),
 }
 
@@ -109,7 +130,10 @@ def test_every_result_is_a_verified_hallucination_or_a_hallucination_error(
         assert result.rejected.strip() != example.answer.strip()
         for edit in result.edits:
             assert result.rejected[edit.start : edit.end] == edit.injected
-    assert verified >= len(examples) // 2
+    if name == "transformers (tiny random)":
+        assert verified == 0  # noise never passes verification, and never crashes the run
+    else:
+        assert verified >= len(examples) // 2
 
 
 @pytest.mark.parametrize("name", list(FACTORIES))
@@ -126,5 +150,10 @@ def test_names_and_params_are_recordable(name: str, server: FakeLLMServer) -> No
 def test_one_example_synchronously(
     name: str, server: FakeLLMServer, examples: list[Example]
 ) -> None:
-    result = FACTORIES[name](server).hallucinate(examples[0])
+    hallucinator = FACTORIES[name](server)
+    if name == "transformers (tiny random)":
+        with pytest.raises(HallucinationError):
+            hallucinator.hallucinate(examples[0])
+        return
+    result = hallucinator.hallucinate(examples[0])
     assert result.rejected != examples[0].answer
