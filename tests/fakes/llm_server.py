@@ -46,6 +46,10 @@ the exception each SDK raises (``max_retries=0``):
 * ``"refusal"``: 200 whose text is ``{"rejected": REFUSAL_TEXT, "edits": []}`` (valid JSON).
 * ``"identical"``: 200 whose ``rejected`` is the answer itself, with no edits.
 
+Recording: :attr:`FakeLLMServer.requests` keeps every request with ``authorization`` and
+``x-api-key`` redacted; the keys go to :attr:`FakeLLMServer.seen_api_keys`. (``anthropic`` 2.x
+sends ``api_key`` as ``Authorization: Bearer``, not as ``x-api-key``.)
+
 Both SDKs retry 408/409/429/5xx and connection errors themselves (``max_retries``, default 2),
 honouring ``retry-after``; pass ``max_retries=0`` to see each fault as an exception.
 """
@@ -54,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import inspect
 import json
@@ -68,7 +73,7 @@ from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Any, Literal, Self, TypeAlias, cast, get_args
+from typing import Any, Literal, Self, TypeAlias, get_args
 
 import pytest
 from aiohttp import web
@@ -176,8 +181,14 @@ def extract_answer(body: dict[str, Any]) -> str | None:
     return None
 
 
+@functools.cache
+def _rule_hallucinator() -> RuleHallucinator:
+    return RuleHallucinator()
+
+
 class FakeClientError(Exception):
-    """Raised by a responder to answer 400 ``invalid_request_error`` with ``message``."""
+    """Raise it from a responder to answer a provider-shaped ``invalid_request_error`` (status
+    400 unless given) with ``message``."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
@@ -199,7 +210,7 @@ async def default_responder(provider: str, body: dict[str, Any]) -> dict[str, An
     example_id = hashlib.sha256(answer.encode("utf-8")).hexdigest()[:16]
     example = Example(id=example_id, image=_TINY_IMAGE, prompt="Describe the image.", answer=answer)
     try:
-        hallucination = await RuleHallucinator().ahallucinate(example)
+        hallucination = await _rule_hallucinator().ahallucinate(example)
     except HallucinationError:
         injected = "There is also a unicorn in the image."
         return {
@@ -382,6 +393,7 @@ class FakeLLMServer:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._stopping: asyncio.Event | None = None
+        self._listener: socket.socket | None = None
 
     # ---- configuration --------------------------------------------------------------------
 
@@ -390,7 +402,9 @@ class FakeLLMServer:
         """The fault plan. A list is consumed from its start, one entry per generation request
         (``None`` = answer normally; past its end, every request is normal); a callable gets
         ``(provider, request_index, body)`` where ``request_index`` counts generation requests
-        of both providers from 0 since the server started."""
+        of both providers from 0 since the server started. Each generation request consumes its
+        entry first; then :attr:`latency` is waited, then the rate limiter may answer 429 (the
+        entry is then lost; the record's ``fault`` reads ``"rpm"``), then the fault applies."""
         return self._faults
 
     @faults.setter
@@ -406,8 +420,9 @@ class FakeLLMServer:
         self, rate: float, seed: int = 0, kinds: Sequence[FaultKind] = DEFAULT_RANDOM_FAULTS
     ) -> None:
         """Fault each generation request with probability ``rate``, with a kind drawn uniformly
-        from ``kinds``; deterministic per ``(seed, request_index)`` whatever the arrival order
-        of other requests. Replaces :attr:`faults`."""
+        from ``kinds``. The fault of generation request number ``i`` depends only on ``(seed,
+        i)`` (which request is number ``i`` depends on arrival order when they run
+        concurrently). Replaces :attr:`faults`."""
         if not 0.0 <= rate <= 1.0:
             raise ValueError(f"rate must be in [0, 1], got {rate}")
         if not kinds:
@@ -455,6 +470,7 @@ class FakeLLMServer:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         self._port = sock.getsockname()[1]
+        self._listener = sock
         loop = asyncio.new_event_loop()
         ready = threading.Event()
         failure: list[BaseException] = []
@@ -472,12 +488,7 @@ class FakeLLMServer:
             try:
                 loop.run_forever()
             finally:
-                pending = asyncio.all_tasks(loop)
-                for task in pending:
-                    task.cancel()
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-                loop.run_until_complete(loop.shutdown_asyncgens())
-                loop.close()
+                _drain_and_close(loop)
 
         self._loop = loop
         self._thread = threading.Thread(target=serve, name="fake-llm-server", daemon=True)
@@ -488,7 +499,8 @@ class FakeLLMServer:
             self._thread = None
             self._port = None
             sock.close()
-            raise RuntimeError("FakeLLMServer failed to start") from (failure or [None])[0]
+            cause = failure[0] if failure else None
+            raise RuntimeError("FakeLLMServer failed to start") from cause
         return self
 
     def stop(self) -> None:
@@ -505,6 +517,7 @@ class FakeLLMServer:
             self._thread = None
             self._loop = None
             self._port = None
+            self._listener = None
 
     def __enter__(self) -> Self:
         return self.start()
@@ -546,9 +559,18 @@ class FakeLLMServer:
     async def _shutdown(self) -> None:
         if self._stopping is not None:
             self._stopping.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        runner, self._runner = self._runner, None
+        if runner is None:
+            return
+        # Stop accepting first, and let connections accepted a moment ago get their transports
+        # while the listener is still open: on Python 3.11 a transport made after it closes
+        # fails inside asyncio and leaks its socket (a ResourceWarning in some later test).
+        listener = self._listener
+        if listener is not None and listener.fileno() != -1:
+            asyncio.get_running_loop().remove_reader(listener.fileno())
+        for _ in range(3):
+            await asyncio.sleep(0.005)
+        await runner.cleanup()
 
     async def _sleep(self, seconds: float) -> None:
         """Sleep ``seconds``, waking early when the server stops."""
@@ -786,7 +808,6 @@ class FakeLLMServer:
             raise _ReplyError(
                 self._error(provider, error.status, "invalid_request", error.message)
             ) from None
-        reply = cast(ResponderResult, reply)
         return reply if isinstance(reply, str) else json.dumps(reply)
 
     def _chat_completion(self, index: int, body: dict[str, Any], text: str) -> dict[str, Any]:
@@ -1194,6 +1215,21 @@ class FakeLLMServer:
                 f"{self.base_url}/v1/messages/batches/{batch.id}/results" if ended else None
             ),
         }
+
+
+def _drain_and_close(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is left on the server's loop, let transports finish closing, close it."""
+    for _ in range(5):
+        pending = asyncio.all_tasks(loop)
+        if not pending:
+            break
+        for task in pending:
+            task.cancel()
+        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+    # Closed transports close their sockets in callbacks: give them a few loop iterations.
+    loop.run_until_complete(asyncio.sleep(0.02))
+    loop.run_until_complete(loop.shutdown_asyncgens())
+    loop.close()
 
 
 def _response_json(response: web.Response) -> Any:

@@ -19,6 +19,7 @@ from tests.fakes.llm_server import (
     FAULT_KINDS,
     REFUSAL_TEXT,
     FakeLLMServer,
+    FaultKind,
     count_tokens,
     extract_answer,
     fake_llm_server,  # noqa: F401 - registers the fixture
@@ -51,7 +52,7 @@ def server() -> Iterator[FakeLLMServer]:
         yield running
 
 
-def _messages(text: str = PROMPT) -> list[dict[str, Any]]:
+def _messages(text: str = PROMPT) -> Any:
     return [{"role": "user", "content": text}]
 
 
@@ -199,14 +200,14 @@ def test_custom_responder_may_return_a_dict_or_raw_text(server: FakeLLMServer) -
 # ---- faults -----------------------------------------------------------------------------------
 
 
-OPENAI_ERRORS: dict[str, tuple[type[Exception], int]] = {
+OPENAI_ERRORS: dict[FaultKind, tuple[type[Exception], int]] = {
     "429": (openai.RateLimitError, 429),
     "quota": (openai.RateLimitError, 429),
     "401": (openai.AuthenticationError, 401),
     "500": (openai.InternalServerError, 500),
     "529": (openai.InternalServerError, 503),
 }
-ANTHROPIC_ERRORS: dict[str, tuple[type[Exception], int]] = {
+ANTHROPIC_ERRORS: dict[FaultKind, tuple[type[Exception], int]] = {
     "429": (anthropic.RateLimitError, 429),
     "quota": (anthropic.PaymentRequiredError, 402),
     "401": (anthropic.AuthenticationError, 401),
@@ -216,7 +217,7 @@ ANTHROPIC_ERRORS: dict[str, tuple[type[Exception], int]] = {
 
 
 @pytest.mark.parametrize("kind", sorted(OPENAI_ERRORS))
-def test_openai_http_error_faults(server: FakeLLMServer, kind: str) -> None:
+def test_openai_http_error_faults(server: FakeLLMServer, kind: FaultKind) -> None:
     server.faults = [kind]
     expected, status = OPENAI_ERRORS[kind]
     with pytest.raises(expected) as caught:
@@ -238,7 +239,7 @@ def test_openai_http_error_faults(server: FakeLLMServer, kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", sorted(ANTHROPIC_ERRORS))
-def test_anthropic_http_error_faults(server: FakeLLMServer, kind: str) -> None:
+def test_anthropic_http_error_faults(server: FakeLLMServer, kind: FaultKind) -> None:
     server.faults = [kind]
     server.retry_after = 3
     expected, status = ANTHROPIC_ERRORS[kind]
@@ -312,7 +313,7 @@ def test_malformed_fault_fails_parsing_in_both_sdks(server: FakeLLMServer) -> No
 
 
 @pytest.mark.parametrize("kind", ["refusal", "identical"])
-def test_text_faults_parse_but_carry_no_edits(server: FakeLLMServer, kind: str) -> None:
+def test_text_faults_parse_but_carry_no_edits(server: FakeLLMServer, kind: FaultKind) -> None:
     server.faults = [kind, kind]
     expected = REFUSAL_TEXT if kind == "refusal" else ANSWER
     assert _run_openai(server, _openai_parse) == FakeRejected(rejected=expected, edits=[])
@@ -384,6 +385,26 @@ def test_sdk_retries_honour_retry_after(server: FakeLLMServer) -> None:
     assert times[1] - times[0] >= 0.2
     assert times[2] - times[1] >= 0.2
     assert server.requests[1].headers["x-stainless-retry-count"] == "1"
+
+
+def test_concurrent_requests_recover_from_random_429s_through_sdk_retries(
+    server: FakeLLMServer,
+) -> None:
+    server.fail_randomly(0.3, seed=3, kinds=["429"])
+    server.retry_after = 0.05
+
+    async def main() -> list[FakeRejected | None]:
+        client = _openai(server, max_retries=6)
+        try:
+            return await asyncio.gather(*(_openai_parse(client) for _ in range(16)))
+        finally:
+            await client.close()
+
+    results = asyncio.run(main())
+    assert all(result is not None for result in results)
+    statuses = [r.status for r in server.requests]
+    assert statuses.count(200) == 16
+    assert statuses.count(429) == len(statuses) - 16 > 0
 
 
 def test_latency_is_added_to_every_generation_reply(server: FakeLLMServer) -> None:
@@ -460,7 +481,7 @@ def test_openai_batch_round_trip(server: FakeLLMServer) -> None:
         batch = await client.batches.create(
             input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
         )
-        statuses = [batch.status]
+        statuses: list[str] = [batch.status]
         while batch.status not in ("completed", "failed", "cancelled"):
             batch = await client.batches.retrieve(batch.id)
             statuses.append(batch.status)
@@ -515,7 +536,7 @@ def test_openai_batch_cancel(server: FakeLLMServer) -> None:
 def test_anthropic_message_batch_round_trip(server: FakeLLMServer) -> None:
     server.batch_item_faults = {"b": "529", "c": "drop"}
 
-    def params(answer: str) -> dict[str, Any]:
+    def params(answer: str) -> Any:
         return {
             "model": "claude-test",
             "max_tokens": 64,
@@ -530,7 +551,7 @@ def test_anthropic_message_batch_round_trip(server: FakeLLMServer) -> None:
                 {"custom_id": "c", "params": params("A red car.")},
             ]
         )
-        statuses = [batch.processing_status]
+        statuses: list[str] = [batch.processing_status]
         while batch.processing_status != "ended":
             batch = await client.messages.batches.retrieve(batch.id)
             statuses.append(batch.processing_status)
@@ -555,7 +576,7 @@ def test_anthropic_message_batch_round_trip(server: FakeLLMServer) -> None:
 
 def test_anthropic_message_batch_cancel(server: FakeLLMServer) -> None:
     async def main(client: anthropic.AsyncAnthropic) -> tuple[list[str], list[str]]:
-        request = {
+        request: Any = {
             "custom_id": "x",
             "params": {"model": "claude-test", "max_tokens": 8, "messages": _messages()},
         }
@@ -563,7 +584,11 @@ def test_anthropic_message_batch_cancel(server: FakeLLMServer) -> None:
         canceling = await client.messages.batches.cancel(batch.id)
         ended = await client.messages.batches.retrieve(batch.id)
         results = [item async for item in await client.messages.batches.results(batch.id)]
-        statuses = [batch.processing_status, canceling.processing_status, ended.processing_status]
+        statuses: list[str] = [
+            batch.processing_status,
+            canceling.processing_status,
+            ended.processing_status,
+        ]
         return statuses, [item.result.type for item in results]
 
     assert _run_anthropic(server, main) == (["in_progress", "canceling", "ended"], ["canceled"])
