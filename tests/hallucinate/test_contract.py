@@ -22,7 +22,7 @@ from povidgen.hallucinate.openai_api import OpenAIHallucinator
 from povidgen.hallucinate.transformers_local import TransformersHallucinator
 from povidgen.sources.demo import demo_dataset
 from tests.fakes.llm_server import FakeLLMServer
-from tests.hallucinate.test_transformers_local import ScriptedModel, char_tokenizer
+from tests.hallucinate.test_transformers_local import ScriptedModel, char_tokenizer, tiny_llama
 
 
 class Shouting(Hallucinator):
@@ -72,22 +72,9 @@ def _scripted_transformers() -> Hallucinator:
 
 def _tiny_random_transformers() -> Hallucinator:
     """A random Llama from a config: its replies are noise, so every row must fail cleanly."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = char_tokenizer()
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        max_position_embeddings=4096,
+    return TransformersHallucinator(
+        tiny_llama(), tokenizer=char_tokenizer(), max_new_tokens=4, max_attempts=1
     )
-    model = LlamaForCausalLM(config).eval()
-    return TransformersHallucinator(model, tokenizer=tokenizer, max_new_tokens=4, max_attempts=1)
 
 
 FACTORIES: dict[str, Callable[[FakeLLMServer], Hallucinator]] = {

@@ -89,8 +89,8 @@ def test_a_bad_generation_is_retried_with_the_reason() -> None:
     assert "I'm sorry" in model.prompts[1]  # the previous reply and why it failed go back
 
 
-def test_a_tiny_random_model_gives_an_error_not_a_pair() -> None:
-    tokenizer = char_tokenizer()
+def tiny_llama() -> LlamaForCausalLM:
+    """A random one-layer Llama over the character vocabulary, built from a config."""
     config = LlamaConfig(
         vocab_size=len(CHARS),
         hidden_size=16,
@@ -101,7 +101,12 @@ def test_a_tiny_random_model_gives_an_error_not_a_pair() -> None:
         max_position_embeddings=4096,
     )
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).eval()
+    return LlamaForCausalLM(config).eval()
+
+
+def test_a_tiny_random_model_gives_an_error_not_a_pair() -> None:
+    tokenizer = char_tokenizer()
+    model = tiny_llama()
     hallucinator = TransformersHallucinator(
         model, tokenizer=tokenizer, max_new_tokens=8, max_attempts=2
     )
