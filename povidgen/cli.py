@@ -174,7 +174,10 @@ def _build(args: argparse.Namespace) -> int:
         distorter = get_distorter(
             args.distorter, **(options if args.distorter == "diffusion" else {})
         )
-    hallucinator = get_hallucinator(args.provider, **_provider_options(args))
+    try:
+        hallucinator = get_hallucinator(args.provider, **_provider_options(args))
+    except (ValueError, TypeError, ImportError) as error:  # settings, keys, missing extras
+        raise PovidgenError(f"cannot set up the {args.provider!r} provider: {error}") from error
     builder = PairBuilder.from_dataset(
         dataset,
         hallucinator=hallucinator,
@@ -234,7 +237,7 @@ def _provider_options(args: argparse.Namespace) -> dict[str, object]:
             if value
         ]
         if given:
-            raise PovidgenError(f"{', '.join(given)} only apply to model providers, not 'rule'")
+            raise PovidgenError(f"{', '.join(given)}: only for model providers, not 'rule'")
         return {}
     options: dict[str, object] = {}
     if args.model is not None:

@@ -255,3 +255,14 @@ def test_missing_key_and_unknown_price_are_clear_errors(
         OpenAIHallucinator(base_url=server.openai_base_url)
     with pytest.raises(ValueError, match="my-local-model"):
         OpenAIHallucinator("my-local-model", base_url=server.openai_base_url, api_key="none")
+
+
+def test_cli_provider_set_up_errors_are_clear(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    out = str(tmp_path / "o")
+    assert main(["build", "--demo", "--demo-size", "2", "--out", out, "--provider", "openai"]) == 2
+    assert "cannot set up the 'openai' provider: no OpenAI API key" in capsys.readouterr().err
+    assert main(["build", "--demo", "--out", out, "--max-cost", "3"]) == 2
+    assert "--max-cost: only for model providers" in capsys.readouterr().err
