@@ -225,8 +225,6 @@ class LLMHallucinator(Hallucinator):
         self._client: Any | None = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._limiters = _limiters(requests_per_minute, tokens_per_minute)
-        self._rpm = requests_per_minute
-        self._tpm = tokens_per_minute
         self._max_cost_usd = max_cost_usd
         cost_usd(model, Usage(input_tokens=1, output_tokens=1), prices=prices)  # fail early
 
@@ -394,8 +392,7 @@ class LLMHallucinator(Hallucinator):
         except BaseException:
             self.cost.release(reserved)
             raise
-        self.cost.release(reserved)
-        self.cost.add(cost_usd(self.model, reply.usage, prices=self.prices))
+        self.cost.release(reserved, actual=cost_usd(self.model, reply.usage, prices=self.prices))
         self.usage = self.usage + reply.usage
         return reply
 
@@ -477,13 +474,12 @@ class _Pacer:
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.max_rate = 1.0
         self._next = 0.0
 
-    async def acquire(self, amount: float = 1) -> None:
+    async def acquire(self) -> None:
         now = time.monotonic()
         slot = max(now, self._next)
-        self._next = slot + self.interval * amount
+        self._next = slot + self.interval
         if slot > now:
             await asyncio.sleep(slot - now)
 
@@ -493,24 +489,19 @@ def _default_batch_dir() -> Path:
     return Path(cache) / "povidgen" / "batches"
 
 
-def _limiters(rpm: float | None, tpm: float | None) -> tuple[Any, Any]:
-    if rpm is None and tpm is None:
-        return None, None
-    try:
-        from aiolimiter import AsyncLimiter
-    except ImportError as error:  # an optional dependency of the provider extras
-        raise ImportError(
-            "requests_per_minute / tokens_per_minute need aiolimiter: pip install aiolimiter"
-        ) from error
+def _limiters(rpm: float | None, tpm: float | None) -> tuple[_Pacer | None, Any]:
     for label, value in (("requests_per_minute", rpm), ("tokens_per_minute", tpm)):
         if value is not None and value <= 0:
             raise ValueError(f"{label} must be positive, got {value!r}")
-    requests = None
-    if rpm is not None:
-        requests = _Pacer(60.0 / rpm)
+    requests = _Pacer(60.0 / rpm) if rpm is not None else None
+    if tpm is None:
+        return requests, None
+    try:
+        from aiolimiter import AsyncLimiter
+    except ImportError as error:  # an optional dependency of the provider extras
+        raise ImportError("tokens_per_minute needs aiolimiter: pip install aiolimiter") from error
     # providers count tokens per minute, so the bucket holds a minute's worth
-    tokens = AsyncLimiter(tpm, 60.0) if tpm is not None else None
-    return requests, tokens
+    return requests, AsyncLimiter(tpm, 60.0)
 
 
 def _data_url(image: Image.Image, max_side: int) -> str:
