@@ -27,8 +27,9 @@ scores (:math:`f` = identity for the default reverse KL), :math:`\Delta = s_w - 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeAlias
 
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -45,25 +46,6 @@ __all__ = [
     "dpo_loss",
     "povid_loss",
 ]
-
-LOSS_TYPES: tuple[str, ...] = (
-    "sigmoid",
-    "hinge",
-    "ipo",
-    "exo_pair",
-    "nca_pair",
-    "robust",
-    "bco_pair",
-    "sppo_hard",
-    "aot",
-    "aot_unpaired",
-    "apo_zero",
-    "apo_down",
-    "discopop",
-    "sft",
-    "sigmoid_norm",
-)
-"""Every loss type :func:`dpo_loss` accepts (the loss types of TRL's ``DPOTrainer``)."""
 
 F_DIVERGENCES: tuple[str, ...] = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
 """The f-divergences of f-DPO (arXiv:2309.16240) that :func:`dpo_loss` accepts."""
@@ -287,7 +269,385 @@ def _f_scores(logratios: Tensor, f_divergence: str, alpha_coef: float) -> Tensor
 
 
 # --------------------------------------------------------------------------------------------
-# DPO
+# DPO: one small function per loss type
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Terms:
+    r"""What every DPO loss function reads, computed once per call; tensors have shape ``(B,)``.
+
+    Attributes:
+        policy_chosen: :math:`\log\pi_\theta(y_w)`.
+        policy_rejected: :math:`\log\pi_\theta(y_l)`.
+        ref_chosen: :math:`\log\pi_\mathrm{ref}(y_w)`.
+        ref_rejected: :math:`\log\pi_\mathrm{ref}(y_l)`.
+        chosen_logratios: :math:`c`.
+        rejected_logratios: :math:`r`.
+        cs: :math:`s_w = f(c)`.
+        rs: :math:`s_l = f(r)`.
+        delta: :math:`\Delta = s_w - s_l`.
+        beta: :math:`\beta`, a float or a tensor broadcastable to ``(B,)``.
+        label_smoothing: :math:`\varepsilon`.
+        chosen_lengths: :math:`n_w` (not clamped) in the log-probs' dtype, or ``None`` where
+            no loss type of the call reads it.
+        rejected_lengths: :math:`n_l`, likewise.
+        discopop_tau: :math:`\tau` of ``discopop``.
+    """
+
+    policy_chosen: Tensor
+    policy_rejected: Tensor
+    ref_chosen: Tensor
+    ref_rejected: Tensor
+    chosen_logratios: Tensor
+    rejected_logratios: Tensor
+    cs: Tensor
+    rs: Tensor
+    delta: Tensor
+    beta: float | Tensor
+    label_smoothing: float
+    chosen_lengths: Tensor | None
+    rejected_lengths: Tensor | None
+    discopop_tau: float
+
+    @property
+    def n_w(self) -> Tensor:
+        """``chosen_lengths``, which the spec makes sure of for the loss types that read it."""
+        assert self.chosen_lengths is not None
+        return self.chosen_lengths
+
+    @property
+    def n_l(self) -> Tensor:
+        """``rejected_lengths``, which the spec makes sure of for the loss types that read it."""
+        assert self.rejected_lengths is not None
+        return self.rejected_lengths
+
+
+LossFn: TypeAlias = Callable[[_Terms], Tensor]
+"""One DPO loss type: the per-call :class:`_Terms` in, the per-pair losses ``(B,)`` out."""
+
+
+def _sigmoid(t: _Terms) -> Tensor:
+    r"""DPO with cDPO label smoothing.
+
+    :math:`-(1-\varepsilon)\log\sigma(\beta\Delta) - \varepsilon\log\sigma(-\beta\Delta)`.
+    """
+    b, eps = t.beta, t.label_smoothing
+    return -F.logsigmoid(b * t.delta) * (1 - eps) - F.logsigmoid(-b * t.delta) * eps
+
+
+def _hinge(t: _Terms) -> Tensor:
+    r"""SLiC-style hinge: :math:`\max(0, 1 - \beta\Delta)`."""
+    return torch.relu(1 - t.beta * t.delta)
+
+
+def _ipo(t: _Terms) -> Tensor:
+    r"""IPO on token-averaged scores.
+
+    :math:`\left(\frac{s_w}{n_w} - \frac{s_l}{n_l} - \frac{1}{2\beta}\right)^2`, lengths
+    clamped to at least 1.
+    """
+    n_w = t.n_w.clamp(min=1)
+    n_l = t.n_l.clamp(min=1)
+    return (t.cs / n_w - t.rs / n_l - 1 / (2 * t.beta)) ** 2
+
+
+def _exo_pair(t: _Terms) -> Tensor:
+    r"""EXO, the reverse KL to the :math:`\varepsilon`-smoothed preference; :math:`\varepsilon > 0`.
+
+    With :math:`z = \beta\Delta`:
+    :math:`\sigma(z)\,[\log\sigma(z) - \log(1-\varepsilon)]
+    + \sigma(-z)\,[\log\sigma(-z) - \log\varepsilon]`.
+    """
+    eps = t.label_smoothing
+    z = t.beta * t.delta
+    chosen_term = torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-eps))
+    rejected_term = torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(eps))
+    return chosen_term + rejected_term
+
+
+def _nca_pair(t: _Terms) -> Tensor:
+    r"""NCA.
+
+    :math:`-\log\sigma(\beta s_w) - \tfrac12\log\sigma(-\beta s_w)
+    - \tfrac12\log\sigma(-\beta s_l)`.
+    """
+    chosen_r = t.beta * t.cs
+    rejected_r = t.beta * t.rs
+    return -F.logsigmoid(chosen_r) - 0.5 * F.logsigmoid(-chosen_r) - 0.5 * F.logsigmoid(-rejected_r)
+
+
+def _robust(t: _Terms) -> Tensor:
+    r"""Robust DPO, unbiased under label flips at rate :math:`\varepsilon < 1/2`.
+
+    :math:`\frac{-(1-\varepsilon)\log\sigma(\beta\Delta)
+    + \varepsilon\log\sigma(-\beta\Delta)}{1-2\varepsilon}`.
+    """
+    b, eps = t.beta, t.label_smoothing
+    unbiased = -(1 - eps) * F.logsigmoid(b * t.delta) + eps * F.logsigmoid(-b * t.delta)
+    return unbiased / (1 - 2 * eps)
+
+
+def _bco_pair(t: _Terms) -> Tensor:
+    r"""BCO, without the running reward shift.
+
+    :math:`-\log\sigma(\beta s_w) - \log\sigma(-\beta s_l)`.
+    """
+    return -F.logsigmoid(t.beta * t.cs) - F.logsigmoid(-t.beta * t.rs)
+
+
+def _sppo_hard(t: _Terms) -> Tensor:
+    r"""SPPO, hard labels.
+
+    :math:`\left(s_w - \frac{1}{2\beta}\right)^2 + \left(s_l + \frac{1}{2\beta}\right)^2`.
+    """
+    return (t.cs - 0.5 / t.beta) ** 2 + (t.rs + 0.5 / t.beta) ** 2
+
+
+def _sorted_sigmoid(t: _Terms, first: Tensor, second: Tensor) -> Tensor:
+    r"""The AOT loss of :math:`\delta = \operatorname{sort}(a) - \operatorname{sort}(b)`.
+
+    Each sorted over the batch:
+    :math:`-(1-\varepsilon)\log\sigma(\beta\delta) - \varepsilon\log\sigma(-\beta\delta)`.
+    """
+    eps = t.label_smoothing
+    z = t.beta * (torch.sort(first, dim=0).values - torch.sort(second, dim=0).values)
+    return -F.logsigmoid(z) * (1 - eps) - F.logsigmoid(-z) * eps
+
+
+def _aot(t: _Terms) -> Tensor:
+    r"""AOT, paired: :func:`_sorted_sigmoid` of the policy and the reference log-odds.
+
+    :math:`\delta = \operatorname{sort}(\log\pi_\theta(y_w) - \log\pi_\theta(y_l))
+    - \operatorname{sort}(\log\pi_\mathrm{ref}(y_w) - \log\pi_\mathrm{ref}(y_l))`.
+    """
+    return _sorted_sigmoid(t, t.policy_chosen - t.policy_rejected, t.ref_chosen - t.ref_rejected)
+
+
+def _aot_unpaired(t: _Terms) -> Tensor:
+    r"""AOT, unpaired: :func:`_sorted_sigmoid` of the chosen and the rejected log-ratios.
+
+    :math:`\delta = \operatorname{sort}(c) - \operatorname{sort}(r)`.
+    """
+    return _sorted_sigmoid(t, t.chosen_logratios, t.rejected_logratios)
+
+
+def _apo_zero(t: _Terms) -> Tensor:
+    r"""APO-zero: :math:`1 - \sigma(\beta c) + \sigma(\beta r)`."""
+    return (1 - torch.sigmoid(t.beta * t.chosen_logratios)) + torch.sigmoid(
+        t.beta * t.rejected_logratios
+    )
+
+
+def _apo_down(t: _Terms) -> Tensor:
+    r"""APO-down: :math:`\sigma(\beta c) + 1 - \sigma(\beta\Delta)`."""
+    return torch.sigmoid(t.beta * t.chosen_logratios) + (1 - torch.sigmoid(t.beta * t.delta))
+
+
+def _discopop(t: _Terms) -> Tensor:
+    r"""DiscoPOP, the log-ratio modulated loss.
+
+    With :math:`z = \beta\Delta` and :math:`m = \sigma(z/\tau)`:
+    :math:`-(1-m)\log\sigma(z) + m\,e^{-z}`.
+    """
+    z = t.delta * t.beta
+    modulation = torch.sigmoid(z / t.discopop_tau)
+    return -F.logsigmoid(z) * (1 - modulation) + torch.exp(-z) * modulation
+
+
+def _sft(t: _Terms) -> Tensor:
+    r"""Chosen-response NLL per token over the batch, given to every pair.
+
+    :math:`-\sum_i \log\pi_\theta(y_w^i) / \sum_i n_w^i` (lengths not clamped).
+    """
+    return (-t.policy_chosen.sum() / t.n_w.sum()).expand(t.policy_chosen.shape)
+
+
+def _sigmoid_norm(t: _Terms) -> Tensor:
+    r"""DPO on length-normalised scores.
+
+    :math:`-\log\sigma\!\left(\beta\left(\frac{s_w}{n_w} - \frac{s_l}{n_l}\right)\right)`,
+    lengths clamped to at least 1.
+    """
+    n_w = t.n_w.clamp(min=1)
+    n_l = t.n_l.clamp(min=1)
+    return -F.logsigmoid(t.beta * (t.cs / n_w - t.rs / n_l))
+
+
+_LOSSES: dict[str, LossFn] = {
+    "sigmoid": _sigmoid,
+    "hinge": _hinge,
+    "ipo": _ipo,
+    "exo_pair": _exo_pair,
+    "nca_pair": _nca_pair,
+    "robust": _robust,
+    "bco_pair": _bco_pair,
+    "sppo_hard": _sppo_hard,
+    "aot": _aot,
+    "aot_unpaired": _aot_unpaired,
+    "apo_zero": _apo_zero,
+    "apo_down": _apo_down,
+    "discopop": _discopop,
+    "sft": _sft,
+    "sigmoid_norm": _sigmoid_norm,
+}
+
+LOSS_TYPES: tuple[str, ...] = tuple(_LOSSES)
+"""Every loss type :func:`dpo_loss` accepts (the loss types of TRL's ``DPOTrainer``)."""
+
+_NEEDS_LENGTHS: dict[str, tuple[str, ...]] = {
+    "ipo": ("chosen_lengths", "rejected_lengths"),
+    "sft": ("chosen_lengths",),
+    "sigmoid_norm": ("chosen_lengths", "rejected_lengths"),
+}
+"""The length arguments each loss type reads, in the order they are checked."""
+
+
+@dataclass(frozen=True)
+class _DPOSpec:
+    r"""The checked hyper-parameters of :func:`dpo_loss` (all but ``beta``), from :func:`_resolve`.
+
+    Attributes:
+        types: The loss type names, in the order given.
+        weights: One weight per loss type.
+        losses: The loss function of each type, from :data:`_LOSSES`.
+        label_smoothing: :math:`\varepsilon`.
+        f_divergence: One name from :data:`F_DIVERGENCES`.
+        f_alpha_divergence_coef: :math:`\alpha` of the alpha-divergence.
+        discopop_tau: :math:`\tau` of ``discopop``.
+        length_normalised: The types (sorted) that need both lengths, checked up front.
+        length_checks: ``(loss type, length argument)`` pairs, each argument once, in the
+            order the lengths are checked.
+    """
+
+    types: tuple[str, ...]
+    weights: tuple[float, ...]
+    losses: tuple[LossFn, ...]
+    label_smoothing: float
+    f_divergence: str
+    f_alpha_divergence_coef: float
+    discopop_tau: float
+    length_normalised: tuple[str, ...]
+    length_checks: tuple[tuple[str, str], ...]
+
+
+def _resolve(
+    loss_type: str | Sequence[str],
+    loss_weights: Sequence[float] | None,
+    label_smoothing: float,
+    f_divergence: str,
+    f_alpha_divergence_coef: float,
+    discopop_tau: float,
+) -> _DPOSpec:
+    """Check the hyper-parameters of :func:`dpo_loss` but ``beta`` and look up the loss types."""
+    types, weights = _check_loss_types(loss_type, loss_weights)
+    _check_hyperparameters(types, float(label_smoothing), f_divergence, float(discopop_tau))
+    length_checks: list[tuple[str, str]] = []
+    for name in types:
+        for length in _NEEDS_LENGTHS.get(name, ()):
+            if all(length != checked for _, checked in length_checks):
+                length_checks.append((name, length))
+    return _DPOSpec(
+        types=tuple(types),
+        weights=tuple(weights),
+        losses=tuple(_LOSSES[name] for name in types),
+        label_smoothing=float(label_smoothing),
+        f_divergence=f_divergence,
+        f_alpha_divergence_coef=float(f_alpha_divergence_coef),
+        discopop_tau=float(discopop_tau),
+        length_normalised=tuple(sorted(_LENGTH_NORMALISED.intersection(types))),
+        length_checks=tuple(length_checks),
+    )
+
+
+def _check_dpo_logps(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+) -> list[Tensor]:
+    """:func:`_check_logps` on the four DPO inputs; returns them in their common dtype."""
+    checked, _ = _check_logps(
+        [
+            ("policy_chosen_logps", policy_chosen_logps),
+            ("policy_rejected_logps", policy_rejected_logps),
+            ("ref_chosen_logps", ref_chosen_logps),
+            ("ref_rejected_logps", ref_rejected_logps),
+        ]
+    )
+    return checked
+
+
+def _spec_lengths(
+    spec: _DPOSpec, like: Tensor, chosen_lengths: Tensor | None, rejected_lengths: Tensor | None
+) -> tuple[Tensor | None, Tensor | None]:
+    """Check the lengths the spec's loss types read; return them cast to ``like``'s dtype."""
+    given = {"chosen_lengths": chosen_lengths, "rejected_lengths": rejected_lengths}
+    if spec.length_normalised:
+        missing = [name for name, value in given.items() if value is None]
+        if missing:
+            raise ValueError(
+                f"loss_type {list(spec.length_normalised)} normalises by the response lengths: "
+                f"pass chosen_lengths and rejected_lengths (missing: {', '.join(missing)})"
+            )
+    checked = {
+        name: _check_lengths(name, given[name], like, loss) for loss, name in spec.length_checks
+    }
+    return checked.get("chosen_lengths"), checked.get("rejected_lengths")
+
+
+def _dpo(
+    spec: _DPOSpec,
+    logps: Sequence[Tensor],
+    beta: float | Tensor,
+    chosen_lengths: Tensor | None,
+    rejected_lengths: Tensor | None,
+) -> DPOOutput:
+    """:func:`dpo_loss` on checked log-probs (one dtype) and a checked ``beta``."""
+    pc, pr, rc, rr = logps
+    chosen_logratios = pc - rc
+    rejected_logratios = pr - rr
+    cs = _f_scores(chosen_logratios, spec.f_divergence, spec.f_alpha_divergence_coef)
+    rs = _f_scores(rejected_logratios, spec.f_divergence, spec.f_alpha_divergence_coef)
+    n_w, n_l = _spec_lengths(spec, pc, chosen_lengths, rejected_lengths)
+    terms = _Terms(
+        policy_chosen=pc,
+        policy_rejected=pr,
+        ref_chosen=rc,
+        ref_rejected=rr,
+        chosen_logratios=chosen_logratios,
+        rejected_logratios=rejected_logratios,
+        cs=cs,
+        rs=rs,
+        delta=cs - rs,
+        beta=beta,
+        label_smoothing=spec.label_smoothing,
+        chosen_lengths=n_w,
+        rejected_lengths=n_l,
+        discopop_tau=spec.discopop_tau,
+    )
+
+    total: Tensor | None = None
+    for loss_fn, weight in zip(spec.losses, spec.weights, strict=True):
+        losses = loss_fn(terms)
+        weighted = losses * weight if weight != 1.0 else losses
+        total = weighted if total is None else total + weighted
+    assert total is not None  # the spec has at least one loss type
+
+    chosen_rewards = (beta * chosen_logratios).detach()
+    rejected_rewards = (beta * rejected_logratios).detach()
+    return DPOOutput(
+        loss=total.mean(),
+        losses=total,
+        chosen_rewards=chosen_rewards,
+        rejected_rewards=rejected_rewards,
+        margins=chosen_rewards - rejected_rewards,
+        accuracies=(chosen_rewards > rejected_rewards).float(),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# DPO: the functional form and the module
 # --------------------------------------------------------------------------------------------
 
 
@@ -398,112 +758,18 @@ def dpo_loss(
 
     The computation is done in the (promoted) dtype of the four log-prob inputs.
     """
-    (pc, pr, rc, rr), _ = _check_logps(
-        [
-            ("policy_chosen_logps", policy_chosen_logps),
-            ("policy_rejected_logps", policy_rejected_logps),
-            ("ref_chosen_logps", ref_chosen_logps),
-            ("ref_rejected_logps", ref_rejected_logps),
-        ]
+    logps = _check_dpo_logps(
+        policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
     )
-    types, weights = _check_loss_types(loss_type, loss_weights)
-    label_smoothing = float(label_smoothing)
-    _check_hyperparameters(types, label_smoothing, f_divergence, float(discopop_tau))
-    b = _check_beta(beta, pc)
-    eps = label_smoothing
-
-    chosen_logratios = pc - rc
-    rejected_logratios = pr - rr
-    cs = _f_scores(chosen_logratios, f_divergence, float(f_alpha_divergence_coef))
-    rs = _f_scores(rejected_logratios, f_divergence, float(f_alpha_divergence_coef))
-    delta = cs - rs
-
-    if _LENGTH_NORMALISED.intersection(types):
-        missing = [
-            name
-            for name, value in (
-                ("chosen_lengths", chosen_lengths),
-                ("rejected_lengths", rejected_lengths),
-            )
-            if value is None
-        ]
-        if missing:
-            which = sorted(_LENGTH_NORMALISED.intersection(types))
-            raise ValueError(
-                f"loss_type {which} normalises by the response lengths: pass "
-                f"chosen_lengths and rejected_lengths (missing: {', '.join(missing)})"
-            )
-
-    total: Tensor | None = None
-    for name, weight in zip(types, weights, strict=True):
-        if name == "sigmoid":
-            losses = -F.logsigmoid(b * delta) * (1 - eps) - F.logsigmoid(-b * delta) * eps
-        elif name == "hinge":
-            losses = torch.relu(1 - b * delta)
-        elif name == "ipo":
-            n_w = _check_lengths("chosen_lengths", chosen_lengths, pc, name).clamp(min=1)
-            n_l = _check_lengths("rejected_lengths", rejected_lengths, pc, name).clamp(min=1)
-            losses = (cs / n_w - rs / n_l - 1 / (2 * b)) ** 2
-        elif name == "exo_pair":
-            z = b * delta
-            chosen_term = torch.sigmoid(z) * (F.logsigmoid(z) - math.log1p(-eps))
-            rejected_term = torch.sigmoid(-z) * (F.logsigmoid(-z) - math.log(eps))
-            losses = chosen_term + rejected_term
-        elif name == "nca_pair":
-            chosen_r = b * cs
-            rejected_r = b * rs
-            losses = (
-                -F.logsigmoid(chosen_r)
-                - 0.5 * F.logsigmoid(-chosen_r)
-                - 0.5 * F.logsigmoid(-rejected_r)
-            )
-        elif name == "robust":
-            unbiased = -(1 - eps) * F.logsigmoid(b * delta) + eps * F.logsigmoid(-b * delta)
-            losses = unbiased / (1 - 2 * eps)
-        elif name == "bco_pair":
-            losses = -F.logsigmoid(b * cs) - F.logsigmoid(-b * rs)
-        elif name == "sppo_hard":
-            losses = (cs - 0.5 / b) ** 2 + (rs + 0.5 / b) ** 2
-        elif name in ("aot", "aot_unpaired"):
-            if name == "aot":
-                first = torch.sort(pc - pr, dim=0).values
-                second = torch.sort(rc - rr, dim=0).values
-            else:
-                first = torch.sort(chosen_logratios, dim=0).values
-                second = torch.sort(rejected_logratios, dim=0).values
-            z = b * (first - second)
-            losses = -F.logsigmoid(z) * (1 - eps) - F.logsigmoid(-z) * eps
-        elif name == "apo_zero":
-            losses = (1 - torch.sigmoid(b * chosen_logratios)) + torch.sigmoid(
-                b * rejected_logratios
-            )
-        elif name == "apo_down":
-            losses = torch.sigmoid(b * chosen_logratios) + (1 - torch.sigmoid(b * delta))
-        elif name == "discopop":
-            z = delta * b
-            modulation = torch.sigmoid(z / discopop_tau)
-            losses = -F.logsigmoid(z) * (1 - modulation) + torch.exp(-z) * modulation
-        elif name == "sft":
-            n_w = _check_lengths("chosen_lengths", chosen_lengths, pc, name)
-            losses = (-pc.sum() / n_w.sum()).expand(pc.shape)
-        else:  # sigmoid_norm
-            n_w = _check_lengths("chosen_lengths", chosen_lengths, pc, name).clamp(min=1)
-            n_l = _check_lengths("rejected_lengths", rejected_lengths, pc, name).clamp(min=1)
-            losses = -F.logsigmoid(b * (cs / n_w - rs / n_l))
-        weighted = losses * weight if weight != 1.0 else losses
-        total = weighted if total is None else total + weighted
-    assert total is not None  # types is non-empty
-
-    chosen_rewards = (b * chosen_logratios).detach()
-    rejected_rewards = (b * rejected_logratios).detach()
-    return DPOOutput(
-        loss=total.mean(),
-        losses=total,
-        chosen_rewards=chosen_rewards,
-        rejected_rewards=rejected_rewards,
-        margins=chosen_rewards - rejected_rewards,
-        accuracies=(chosen_rewards > rejected_rewards).float(),
+    spec = _resolve(
+        loss_type,
+        loss_weights,
+        label_smoothing,
+        f_divergence,
+        f_alpha_divergence_coef,
+        discopop_tau,
     )
+    return _dpo(spec, logps, _check_beta(beta, logps[0]), chosen_lengths, rejected_lengths)
 
 
 class DPOLoss(nn.Module):
@@ -531,16 +797,23 @@ class DPOLoss(nn.Module):
         discopop_tau: float = 0.05,
     ) -> None:
         super().__init__()
-        types, weights = _check_loss_types(loss_type, loss_weights)
-        _check_hyperparameters(types, float(label_smoothing), f_divergence, float(discopop_tau))
+        spec = _resolve(
+            loss_type,
+            loss_weights,
+            label_smoothing,
+            f_divergence,
+            f_alpha_divergence_coef,
+            discopop_tau,
+        )
         _check_beta(beta, torch.empty(1))
-        self.loss_type: list[str] = types
-        self.loss_weights: list[float] = weights
+        self._spec = spec
+        self.loss_type: list[str] = list(spec.types)
+        self.loss_weights: list[float] = list(spec.weights)
         self.beta = float(beta)
-        self.label_smoothing = float(label_smoothing)
-        self.f_divergence = f_divergence
-        self.f_alpha_divergence_coef = float(f_alpha_divergence_coef)
-        self.discopop_tau = float(discopop_tau)
+        self.label_smoothing = spec.label_smoothing
+        self.f_divergence = spec.f_divergence
+        self.f_alpha_divergence_coef = spec.f_alpha_divergence_coef
+        self.discopop_tau = spec.discopop_tau
 
     def forward(
         self,
@@ -552,21 +825,10 @@ class DPOLoss(nn.Module):
         rejected_lengths: Tensor | None = None,
     ) -> DPOOutput:
         """Compute :func:`dpo_loss` with this module's hyper-parameters; shapes ``(B,)``."""
-        return dpo_loss(
-            policy_chosen_logps,
-            policy_rejected_logps,
-            ref_chosen_logps,
-            ref_rejected_logps,
-            loss_type=self.loss_type,
-            beta=self.beta,
-            label_smoothing=self.label_smoothing,
-            loss_weights=self.loss_weights,
-            chosen_lengths=chosen_lengths,
-            rejected_lengths=rejected_lengths,
-            f_divergence=self.f_divergence,
-            f_alpha_divergence_coef=self.f_alpha_divergence_coef,
-            discopop_tau=self.discopop_tau,
+        logps = _check_dpo_logps(
+            policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps
         )
+        return _dpo(self._spec, logps, self.beta, chosen_lengths, rejected_lengths)
 
     def extra_repr(self) -> str:
         return (
