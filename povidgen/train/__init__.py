@@ -12,6 +12,9 @@ nothing from the data side of povidgen:
   position ids and attention masks that keep the responses apart.
 """
 
+from povidgen.train.collate import PreferenceBatch, PreferenceCollator, TrainingDataError
+from povidgen.train.config import DPOConfig
+from povidgen.train.families import FAMILIES, FamilyAdapter, UnsupportedModelError, family_of
 from povidgen.train.logps import SequenceLogps, sequence_logps
 from povidgen.train.losses import (
     F_DIVERGENCES,
@@ -36,21 +39,38 @@ from povidgen.train.packing import (
     response_targets,
     unpack_response_logps,
 )
+from povidgen.train.reference import ReferenceCache, model_fingerprint
+from povidgen.train.step import Scorer, Scores
+from povidgen.train.trainer import DPOTrainer, TrainResult
 
 __all__ = [
+    "FAMILIES",
     "F_DIVERGENCES",
     "LOSS_TYPES",
     "POVID_COMBINES",
+    "DPOConfig",
     "DPOLoss",
     "DPOOutput",
+    "DPOTrainer",
+    "FamilyAdapter",
     "GroupSlices",
     "POVIDLoss",
     "POVIDOutput",
     "PackedBatch",
+    "PreferenceBatch",
+    "PreferenceCollator",
+    "ReferenceCache",
+    "Scorer",
+    "Scores",
     "SequenceLogps",
+    "TrainResult",
+    "TrainingDataError",
+    "UnsupportedModelError",
     "dpo_loss",
+    "family_of",
     "flex_block_mask",
     "gather_response_hidden",
+    "model_fingerprint",
     "model_inputs",
     "noisy_logps",
     "noisy_tokens",

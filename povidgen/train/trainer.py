@@ -1,0 +1,863 @@
+"""The DPO trainer: POVID's two stages (and plain DPO) on Hugging Face VLMs.
+
+One optimiser step::
+
+    for each of grad_accum micro-batches of batch_size pairs:
+        features  = vision tower(images)                 once, no grad if the tower is frozen
+        policy    = Scorer.score(model, batch, features) packed [prompt | chosen | rejected]
+        reference = adapter disabled / copy / cache      no grad, same features
+        loss      = dpo_loss(...) or povid_loss(...)     / grad_accum, backward
+    clip the global gradient norm, AdamW step, scheduler step (warm-up then cosine)
+
+Checkpoints (``checkpoints/step-N`` in the output folder, written to a temporary folder and
+renamed into place) hold the trainable weights, the optimiser and scheduler states, every RNG
+state and the data position; ``train(resume=True)`` continues from the newest one and gives
+the same loss curve as an uninterrupted run (on CPU in fp32, bit for bit). Metrics are written
+every ``logging_steps`` steps to ``metrics.jsonl`` with TRL's names.
+
+Under ``torchrun`` (``torch.distributed`` initialised) the policy forward is wrapped in
+``DistributedDataParallel`` and each rank reads its own slice of every global batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import os
+import random
+import resource
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from povidgen.train.collate import PreferenceBatch, PreferenceCollator, TrainingDataError
+from povidgen.train.config import DPOConfig
+from povidgen.train.families import family_of, unwrap_model, vision_is_frozen
+from povidgen.train.losses import dpo_loss, povid_loss
+from povidgen.train.reference import (
+    ReferenceCache,
+    model_fingerprint,
+    score_reference,
+)
+from povidgen.train.step import Scorer, Scores
+
+__all__ = ["DPOTrainer", "TrainResult"]
+
+logger = logging.getLogger("povidgen")
+
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+_STATE = "trainer_state.json"
+_KEEP_CHECKPOINTS = 2
+
+
+@dataclass
+class TrainResult:
+    """What :meth:`DPOTrainer.train` returns.
+
+    Attributes:
+        global_step: optimiser steps done in all (resumed runs included).
+        metrics: one dict per logged step, as written to ``metrics.jsonl``.
+    """
+
+    global_step: int
+    metrics: list[dict[str, float]] = field(default_factory=list)
+
+
+class _Policy(nn.Module):
+    """The policy forward as one module, so that DDP sees (and syncs) it."""
+
+    def __init__(self, model: nn.Module, scorer: Scorer) -> None:
+        super().__init__()
+        self.model = model
+        self.scorer = scorer
+
+    def forward(
+        self,
+        batch: PreferenceBatch,
+        features: list[Tensor] | None,
+        noisy_features: list[Tensor] | None,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        scores = self.scorer.score(
+            self.model, batch, features=features, noisy_features=noisy_features
+        )
+        return scores.chosen, scores.rejected, scores.noisy
+
+
+def required_columns(mode: str, has_distorter: bool) -> list[str]:
+    """The dataset columns a mode needs."""
+    columns = ["images", "prompt", "chosen"]
+    if mode in ("text", "povid"):
+        columns.append("rejected")
+    if mode == "image" and not has_distorter:
+        columns.append("rejected_images")
+    return columns
+
+
+def _column_names(dataset: Any) -> list[str]:
+    names = getattr(dataset, "column_names", None)
+    if names is not None:
+        return list(names)
+    if isinstance(dataset, Sequence) and dataset and isinstance(dataset[0], dict):
+        return list(dataset[0].keys())
+    raise TrainingDataError(
+        f"train_dataset must be a datasets.Dataset or a list of dicts, got {type(dataset).__name__}"
+    )
+
+
+class DPOTrainer:
+    """DPO / POVID training of a Hugging Face image-text-to-text model.
+
+    Args:
+        model: a transformers VLM of a supported family (see
+            :data:`povidgen.train.families.FAMILIES`), or a PEFT model around one. Unless
+            ``config.full``, a LoRA adapter is added on every linear layer of its language model.
+        processor: the model's processor, with a chat template.
+        train_dataset: rows in TRL's vision preference format (what ``povidgen build`` writes):
+            a ``datasets.Dataset`` or a list of dicts.
+        config: a :class:`DPOConfig`.
+        ref_model: the reference for ``ref="copy"`` (default: a frozen copy of ``model``).
+        output_dir: where metrics and checkpoints go (nothing is written without it).
+        distorter: a :class:`povidgen.Distorter` instance that overrides ``config.distorter``.
+
+    Raises:
+        UnsupportedModelError: for a model family without an adapter.
+        TrainingDataError: for a dataset that lacks a column the mode needs.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        processor: Any,
+        train_dataset: Any,
+        config: DPOConfig | None = None,
+        *,
+        ref_model: nn.Module | None = None,
+        output_dir: str | os.PathLike[str] | None = None,
+        distorter: Any = None,
+    ) -> None:
+        self.config = config or DPOConfig()
+        cfg = self.config
+        self.family = family_of(model)
+        self.processor = processor
+        self.output_dir = Path(output_dir) if output_dir is not None else None
+        self.rank, self.world_size = _distributed()
+        _seed_everything(cfg.seed)
+
+        if distorter is None:
+            distorter = _make_distorter(cfg, _column_names(train_dataset))
+        missing = [
+            c
+            for c in required_columns(cfg.mode, distorter is not None)
+            if c not in _column_names(train_dataset)
+        ]
+        if missing:
+            raise TrainingDataError(
+                f"mode {cfg.mode!r} needs the column(s) {missing}; the dataset has "
+                f"{_column_names(train_dataset)}"
+                + (
+                    " (give a distorter, e.g. --distorter diffusion, to make rejected images)"
+                    if "rejected_images" in missing
+                    else ""
+                )
+            )
+        if len(train_dataset) == 0:
+            raise TrainingDataError("the training dataset has no rows")
+        self.dataset = train_dataset
+        self.distorter = distorter
+
+        strategy = cfg.reference
+        self._fingerprint = model_fingerprint(model) if strategy == "precomputed" else ""
+        self.ref_model: nn.Module | None = None
+        if strategy == "copy":
+            self.ref_model = ref_model if ref_model is not None else copy.deepcopy(model)
+            self.ref_model.requires_grad_(False).eval()
+        self.model = self._prepare_model(model)
+        if strategy == "adapter" and not hasattr(unwrap_model_peft(self.model), "disable_adapter"):
+            raise ValueError("ref='adapter' needs a LoRA adapter; use ref='copy' with full=True")
+
+        tokenizer = getattr(processor, "tokenizer", processor)
+        pad = getattr(tokenizer, "pad_token_id", None)
+        if pad is None:
+            pad = getattr(tokenizer, "eos_token_id", 0) or 0
+        self.collator = PreferenceCollator(
+            processor,
+            self.family,
+            mode=cfg.mode,
+            distorter=distorter,
+            seed=cfg.seed,
+            max_length=cfg.max_length,
+        )
+        self.scorer = Scorer(
+            self.family,
+            mode=cfg.mode,
+            packing=cfg.packing,
+            padding_free=cfg.padding_free,
+            chunk_size=cfg.chunk_size,
+            overlap=cfg.overlap,
+            pad_token_id=int(pad),
+        )
+        self.policy: nn.Module = _Policy(self.model, self.scorer)
+        if self.world_size > 1:
+            self.policy = torch.nn.parallel.DistributedDataParallel(self.policy)
+        self.device = next(self.model.parameters()).device
+        self.global_step = 0
+        self.consumed = 0  # micro-batches consumed, over all epochs
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self.cache: ReferenceCache | None = None
+        self._writers: list[Any] = []
+
+    # -- set-up ---------------------------------------------------------------------------
+
+    def _prepare_model(self, model: nn.Module) -> nn.Module:
+        cfg = self.config
+        if cfg.full:
+            model.requires_grad_(True)
+        elif not _is_peft_model(model):
+            from peft import LoraConfig, get_peft_model
+
+            decoder = self.family.decoder(model)
+            prefix = _module_name(unwrap_model(model), decoder)
+            targets = [
+                f"{prefix}.{name}"
+                for name, module in decoder.named_modules()
+                if isinstance(module, nn.Linear)
+            ]
+            lora = LoraConfig(
+                r=cfg.lora_r,
+                lora_alpha=cfg.lora_alpha,
+                lora_dropout=cfg.lora_dropout,
+                target_modules=targets,
+                bias="none",
+            )
+            with warnings.catch_warnings():
+                # peft reads transformers' deprecated is_gradient_checkpointing property
+                warnings.filterwarnings(
+                    "ignore", message=".*is_gradient_checkpointing", category=FutureWarning
+                )
+                model = get_peft_model(model, lora)
+        if cfg.gradient_checkpointing:
+            inner = unwrap_model(model)
+            inner.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs={"use_reentrant": False}
+            )
+            enable = getattr(model, "enable_input_require_grads", None)
+            if enable is not None:
+                enable()
+        model.train()
+        return model
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters the optimiser updates."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def _steps_per_epoch(self) -> int:
+        cfg = self.config
+        global_batch = cfg.batch_size * self.world_size
+        micro = len(self.dataset) // global_batch
+        if micro == 0:
+            raise TrainingDataError(
+                f"the dataset has {len(self.dataset)} rows, fewer than one global batch of "
+                f"{global_batch} (batch_size x processes)"
+            )
+        return micro
+
+    def total_steps(self) -> int:
+        """Optimiser steps of the whole run."""
+        cfg = self.config
+        if cfg.max_steps is not None:
+            return cfg.max_steps
+        return max(1, math.ceil(cfg.epochs * self._steps_per_epoch() / cfg.grad_accum))
+
+    def _make_optimizer(self) -> None:
+        cfg = self.config
+        params = self.trainable_parameters()
+        if not params:
+            raise ValueError("the model has no trainable parameters")
+        self.optimizer = torch.optim.AdamW(
+            params,
+            lr=cfg.learning_rate,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            eps=cfg.adam_epsilon,
+            weight_decay=cfg.weight_decay,
+        )
+        total = self.total_steps()
+        warmup = math.ceil(cfg.warmup_ratio * total)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            if cfg.lr_scheduler == "constant":
+                return 1.0
+            progress = (step - warmup) / max(1, total - warmup)
+            if cfg.lr_scheduler == "linear":
+                return max(0.0, 1.0 - progress)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    # -- data -----------------------------------------------------------------------------
+
+    def _order(self, epoch: int) -> list[int]:
+        generator = torch.Generator().manual_seed(self.config.seed + epoch)
+        return torch.randperm(len(self.dataset), generator=generator).tolist()
+
+    def _micro_batches(self, start: int) -> Iterator[PreferenceBatch]:
+        """Micro-batches from the ``start``-th on (over epochs), this rank's slice of each."""
+        cfg = self.config
+        per_epoch = self._steps_per_epoch()
+        global_batch = cfg.batch_size * self.world_size
+        position = start
+        while True:
+            epoch, index = divmod(position, per_epoch)
+            order = self._order(epoch)
+            batches = []
+            for i in range(index, per_epoch):
+                chunk = order[i * global_batch : (i + 1) * global_batch]
+                batches.append(chunk[self.rank * cfg.batch_size : (self.rank + 1) * cfg.batch_size])
+            loader = torch.utils.data.DataLoader(
+                _Rows(self.dataset),
+                batch_sampler=batches,
+                collate_fn=self.collator,
+                num_workers=cfg.num_workers,
+                # its own generator: making an iterator would otherwise draw from the global
+                # RNG, and a resumed run makes its iterators at other points
+                generator=torch.Generator().manual_seed(cfg.seed + epoch),
+            )
+            for batch in loader:
+                yield batch
+                position += 1
+
+    # -- one step -------------------------------------------------------------------------
+
+    def compute_loss(self, batch: PreferenceBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The loss of one micro-batch and its per-pair metric tensors (TRL's names)."""
+        cfg = self.config
+        batch = batch.to(self.device)
+        features = noisy_features = None
+        if self.scorer.uses_packing(self.model) and vision_is_frozen(self.model, self.family):
+            # one vision pass per image, shared by the policy and the reference
+            with torch.no_grad():
+                features = self.scorer.features(self.model, batch.vision)
+                if batch.noisy_vision is not None:
+                    noisy_features = self.scorer.features(self.model, batch.noisy_vision)
+        chosen, rejected, noisy = self.policy(batch, features, noisy_features)
+        policy = Scores(chosen, rejected, noisy, *_lengths(batch, self.device))
+        ref = self.reference_scores(batch, features, noisy_features)
+        metrics: dict[str, Tensor] = {
+            "logps/chosen": policy.chosen.detach(),
+            "logps/rejected": policy.rejected.detach(),
+        }
+        if cfg.mode == "povid":
+            assert policy.noisy is not None
+            assert ref.noisy is not None
+            out = povid_loss(
+                policy.chosen,
+                policy.rejected,
+                policy.noisy,
+                ref.chosen,
+                ref.rejected,
+                ref.noisy,
+                beta=cfg.beta,
+                combine=cfg.povid_combine,
+                weights=cfg.povid_weights,
+            )
+            metrics["logps/noisy"] = policy.noisy.detach()
+            metrics["rewards/noisy"] = out.noisy_rewards
+        else:
+            out = dpo_loss(  # type: ignore[assignment]
+                policy.chosen,
+                policy.rejected,
+                ref.chosen,
+                ref.rejected,
+                loss_type=cfg.loss_types,
+                loss_weights=cfg.loss_weights,
+                beta=cfg.beta,
+                label_smoothing=cfg.label_smoothing,
+                chosen_lengths=policy.chosen_lengths,
+                rejected_lengths=policy.rejected_lengths,
+            )
+        metrics.update(
+            {
+                "rewards/chosen": out.chosen_rewards,
+                "rewards/rejected": out.rejected_rewards,
+                "rewards/margins": out.margins,
+                "rewards/accuracies": out.accuracies,
+            }
+        )
+        return out.loss, metrics
+
+    def reference_scores(
+        self,
+        batch: PreferenceBatch,
+        features: list[Tensor] | None = None,
+        noisy_features: list[Tensor] | None = None,
+    ) -> Scores:
+        """The reference's scores of ``batch`` (see :mod:`povidgen.train.reference`)."""
+        if self.config.reference == "precomputed":
+            cache = self._reference_cache()
+            try:
+                return cache.get(batch, self.device)
+            except KeyError:
+                scores = self._live_reference(batch, features, noisy_features)
+                cache.put(batch, scores)
+                return scores
+        return self._live_reference(batch, features, noisy_features)
+
+    def _live_reference(
+        self,
+        batch: PreferenceBatch,
+        features: list[Tensor] | None,
+        noisy_features: list[Tensor] | None,
+    ) -> Scores:
+        model = self.model
+        if self.config.reference == "precomputed" and self.config.full:
+            raise TrainingDataError(
+                f"row {batch.ids[0]} has no precomputed reference log-probs and the fully "
+                "fine-tuned model can no longer give them; run precompute_reference() first"
+            )
+        return score_reference(
+            self.scorer,
+            model,
+            batch,
+            ref_model=self.ref_model,
+            features=features,
+            noisy_features=noisy_features,
+        )
+
+    def _reference_cache(self) -> ReferenceCache:
+        if self.cache is None:
+            cfg = self.config
+            folder = cfg.ref_cache_dir or (
+                str(self.output_dir / "ref_logps") if self.output_dir is not None else None
+            )
+            if folder is None:
+                raise ValueError("ref='precomputed' needs ref_cache_dir or an output_dir")
+            namespace = {
+                "model": self._fingerprint,
+                "mode": cfg.mode,
+                "overlap": cfg.overlap,
+                "max_length": cfg.max_length,
+                "distorter": repr(self.distorter),
+                "seed": cfg.seed,
+            }
+            self.cache = ReferenceCache(Path(folder) / "ref_logps.sqlite", namespace)
+        return self.cache
+
+    def precompute_reference(self) -> int:
+        """Fill the reference cache for every row (``ref="precomputed"``); returns the number
+        of rows computed (0 when all were cached)."""
+        cache = self._reference_cache()
+        computed = 0
+        size = self.config.batch_size
+        self.model.eval()
+        for start in range(0, len(self.dataset), size):
+            rows = [self.dataset[i] for i in range(start, min(start + size, len(self.dataset)))]
+            batch = self.collator(rows).to(self.device)
+            if not cache.missing(batch):
+                continue
+            cache.put(batch, self._live_reference(batch, None, None))
+            computed += len(batch)
+        self.model.train()
+        return computed
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def train(self, *, resume: bool = False, progress: bool = False) -> TrainResult:
+        """Run the training loop.
+
+        Args:
+            resume: continue from the newest checkpoint in ``output_dir`` (an error if none).
+            progress: show a tqdm bar (the CLI does; library callers usually don't).
+        """
+        cfg = self.config
+        self._make_optimizer()
+        assert self.optimizer is not None
+        assert self.scheduler is not None
+        if resume:
+            self._load_checkpoint()
+        if cfg.reference == "precomputed" and self.global_step == 0:
+            computed = self.precompute_reference()
+            logger.info("reference log-probs: %d rows computed, the rest cached", computed)
+        total = self.total_steps()
+        result = TrainResult(self.global_step)
+        self._open_writers()
+        bar = None
+        if progress and self.rank == 0:
+            from tqdm import tqdm
+
+            bar = tqdm(total=total, initial=self.global_step, desc="training", unit="step")
+        batches = self._micro_batches(self.consumed)
+        params = self.trainable_parameters()
+        try:
+            while self.global_step < total:
+                started = time.perf_counter()
+                if self.device.type == "cuda":
+                    torch.cuda.reset_peak_memory_stats(self.device)
+                sums: dict[str, float] = {}
+                pairs = tokens = 0
+                loss_sum = 0.0
+                for _ in range(cfg.grad_accum):
+                    batch = next(batches)
+                    self.consumed += 1
+                    loss, metrics = self.compute_loss(batch)
+                    (loss / cfg.grad_accum).backward()  # type: ignore[no-untyped-call]
+                    loss_sum += float(loss.detach()) / cfg.grad_accum
+                    for name, values in metrics.items():
+                        sums[name] = sums.get(name, 0.0) + float(values.float().mean())
+                    pairs += len(batch)
+                    tokens += _token_count(batch)
+                if cfg.max_grad_norm is not None:
+                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                learning_rate = self.scheduler.get_last_lr()[0]
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.global_step += 1
+                elapsed = max(time.perf_counter() - started, 1e-9)
+                record: dict[str, float] = {
+                    "step": float(self.global_step),
+                    "epoch": self.consumed / self._steps_per_epoch(),
+                    "loss": _mean_across_ranks(loss_sum),
+                    "learning_rate": float(learning_rate),
+                    **{k: _mean_across_ranks(v / cfg.grad_accum) for k, v in sums.items()},
+                    "pairs_per_second": pairs * self.world_size / elapsed,
+                    "tokens_per_second": tokens * self.world_size / elapsed,
+                    "peak_memory_gib": _peak_memory_gib(self.device),
+                }
+                if self.global_step % cfg.logging_steps == 0 or self.global_step == total:
+                    result.metrics.append(record)
+                    self._log(record)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{record['loss']:.4f}")
+                if cfg.save_steps and self.global_step % cfg.save_steps == 0:
+                    self.save_checkpoint()
+            if self.output_dir is not None and (
+                not cfg.save_steps or self.global_step % cfg.save_steps != 0
+            ):
+                self.save_checkpoint()
+        finally:
+            if bar is not None:
+                bar.close()
+            for writer in self._writers:
+                writer.close()
+            self._writers = []
+        result.global_step = self.global_step
+        return result
+
+    # -- logging --------------------------------------------------------------------------
+
+    def _open_writers(self) -> None:
+        if self.rank != 0 or self.output_dir is None:
+            return
+        for target in self.config.report_to:
+            if target == "tensorboard":
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                except ImportError as error:
+                    raise RuntimeError(
+                        "report_to tensorboard needs the tensorboard package"
+                    ) from error
+                self._writers.append(_TensorBoard(SummaryWriter(str(self.output_dir / "runs"))))
+            else:
+                try:
+                    import wandb  # type: ignore[import-not-found]
+                except ImportError as error:
+                    raise RuntimeError("report_to wandb needs the wandb package") from error
+                self._writers.append(_WandB(wandb, self.config))
+
+    def _log(self, record: dict[str, float]) -> None:
+        if self.rank != 0:
+            return
+        logger.info("step %d: %s", int(record["step"]), json.dumps(record))
+        if self.output_dir is not None:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.output_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(record) + "\n")
+        for writer in self._writers:
+            writer.log(record, int(record["step"]))
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def _trainable_state(self) -> dict[str, Tensor]:
+        return {
+            name: p.detach().cpu().clone()
+            for name, p in self.model.named_parameters()
+            if p.requires_grad
+        }
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoints/step-N`` (atomically) and prune all but the newest two."""
+        if self.output_dir is None:
+            return None
+        assert self.optimizer is not None
+        assert self.scheduler is not None
+        if self.rank != 0:
+            _barrier()
+            return None
+        root = self.output_dir / CHECKPOINTS
+        root.mkdir(parents=True, exist_ok=True)
+        final = root / f"step-{self.global_step}"
+        for stale in root.glob(".step-*.tmp"):  # left by a run killed while saving
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = root / f".step-{self.global_step}.tmp"
+        tmp.mkdir()
+        torch.save(self._trainable_state(), tmp / "trainable.pt")
+        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(_rng_state(), tmp / "rng.pt")
+        state = {
+            "global_step": self.global_step,
+            "consumed": self.consumed,
+            "config": self.config.model_dump(mode="json"),
+        }
+        (tmp / _STATE).write_text(json.dumps(state, indent=2), encoding="utf-8")
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for old in _checkpoints(root)[:-_KEEP_CHECKPOINTS]:
+            shutil.rmtree(old)
+        _barrier()
+        return final
+
+    def _load_checkpoint(self) -> None:
+        if self.output_dir is None:
+            raise ValueError("resume needs an output_dir")
+        found = _checkpoints(self.output_dir / CHECKPOINTS)
+        if not found:
+            raise FileNotFoundError(f"no checkpoint to resume from in {self.output_dir}")
+        path = found[-1]
+        assert self.optimizer is not None
+        assert self.scheduler is not None
+        state = json.loads((path / _STATE).read_text(encoding="utf-8"))
+        saved = DPOConfig.model_validate(state["config"])
+        if _resume_key(saved) != _resume_key(self.config):
+            raise ValueError(
+                f"cannot resume from {path}: it was made with a different configuration"
+            )
+        weights = torch.load(path / "trainable.pt", map_location="cpu")
+        with torch.no_grad():
+            for name, p in self.model.named_parameters():
+                if name in weights:
+                    p.copy_(weights[name])
+        self.optimizer.load_state_dict(
+            torch.load(path / "optimizer.pt", map_location=self.device, weights_only=False)
+        )
+        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+        _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+        self.global_step = int(state["global_step"])
+        self.consumed = int(state["consumed"])
+        if self.rank == 0:
+            _truncate_metrics(self.output_dir / METRICS_FILE, self.global_step)
+        logger.info("resumed from %s (step %d)", path, self.global_step)
+
+    # -- saving ---------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike[str], *, merge: bool = False) -> Path:
+        """Save the adapter (or the full model, or with ``merge=True`` the model with the
+        adapter merged in) and the processor, loadable with ``from_pretrained``."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        model: Any = self.model
+        if merge and hasattr(model, "merge_and_unload"):
+            model = copy.deepcopy(model).merge_and_unload()
+        if self.rank == 0:
+            model.save_pretrained(out)
+            self.processor.save_pretrained(out)
+        return out
+
+    def merged_model(self) -> nn.Module:
+        """The trained model with its LoRA adapter merged in (the model itself when full)."""
+        model: Any = self.model
+        if hasattr(model, "merge_and_unload"):
+            merged = model.merge_and_unload()
+            assert isinstance(merged, nn.Module)
+            return merged
+        return self.model
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class _Rows(torch.utils.data.Dataset[dict[str, Any]]):
+    def __init__(self, data: Any) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        row = self.data[index]
+        assert isinstance(row, dict)
+        return row
+
+
+class _TensorBoard:
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    def log(self, record: dict[str, float], step: int) -> None:
+        for key, value in record.items():
+            self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class _WandB:
+    def __init__(self, wandb: Any, config: DPOConfig) -> None:
+        self.run = wandb.init(project="povidgen", config=config.model_dump(mode="json"))
+
+    def log(self, record: dict[str, float], step: int) -> None:
+        self.run.log(record, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+def unwrap_model_peft(model: nn.Module) -> Any:
+    """The PEFT model under DDP wrappers (or the model itself)."""
+    inner: Any = model
+    while hasattr(inner, "module") and not hasattr(inner, "disable_adapter"):
+        inner = inner.module
+    return inner
+
+
+def _is_peft_model(model: nn.Module) -> bool:
+    return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
+
+
+def _module_name(root: nn.Module, target: nn.Module) -> str:
+    for name, module in root.named_modules():
+        if module is target:
+            return str(name)
+    raise ValueError("the decoder is not a submodule of the model")
+
+
+def _make_distorter(cfg: DPOConfig, columns: list[str]) -> Any:
+    if cfg.mode == "text":
+        return None
+    if cfg.distorter is None:
+        if "rejected_images" in columns:
+            return None
+        if cfg.mode == "image":
+            return None  # the missing column is reported by the caller
+        from povidgen.distort.diffusion import DiffusionNoise
+
+        return DiffusionNoise(step=500, **cfg.distorter_options)
+    from povidgen.registry import get_distorter
+
+    return get_distorter(cfg.distorter, **cfg.distorter_options)
+
+
+def _lengths(batch: PreferenceBatch, device: torch.device) -> tuple[Tensor, Tensor]:
+    chosen = torch.tensor([len(c) for c in batch.chosen_ids], device=device)
+    rejected = torch.tensor([len(r) for r in batch.rejected_ids], device=device)
+    return chosen, rejected
+
+
+def _token_count(batch: PreferenceBatch) -> int:
+    prompts = sum(len(p) for p in batch.prompt_ids)
+    return prompts + sum(
+        len(c) + len(r) for c, r in zip(batch.chosen_ids, batch.rejected_ids, strict=False)
+    )
+
+
+def _peak_memory_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    # ru_maxrss is in KiB on Linux, bytes on macOS
+    scale = 1 if sys.platform == "darwin" else 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**30
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _checkpoints(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    found = [
+        p
+        for p in root.iterdir()
+        if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()
+    ]
+    return sorted(found, key=lambda p: int(p.name[5:]))
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop the records a killed run logged after its last checkpoint (they are redone)."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):
+            break  # a line cut by the kill: nothing after it is kept
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _resume_key(config: DPOConfig) -> dict[str, Any]:
+    """The settings a resumed run must share with the run it continues."""
+    data = config.model_dump(mode="json")
+    for free in ("max_steps", "save_steps", "logging_steps", "report_to", "num_workers"):
+        data.pop(free, None)
+    return data
+
+
+def _distributed() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _mean_across_ranks(value: float) -> float:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        tensor = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.all_reduce(tensor)
+        return float(tensor.item()) / torch.distributed.get_world_size()
+    return value
