@@ -39,3 +39,19 @@ def test_distortion_gallery_draws_every_distorter(
 
     with Image.open(out) as sheet:
         assert sheet.size == (170 + 6 * 32, 28 + len(available_distorters()) * 32)
+
+
+def test_povid_two_stage_recipe_runs_both_stages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("peft")
+    import json
+
+    out = tmp_path / "recipe"
+    monkeypatch.setattr(sys, "argv", ["povid_two_stage.py", str(out), "--steps", "2"])
+    runpy.run_path(str(EXAMPLES / "povid_two_stage.py"), run_name="__main__")
+    assert "stage 2: 2 steps" in capsys.readouterr().out
+    lines = (out / "stage2" / "metrics.jsonl").read_text().splitlines()
+    stage2 = [json.loads(line) for line in lines]
+    assert "logps/noisy" in stage2[0]  # POVID stage 2 really ran its noisy-image stream
+    assert (out / "final" / "config.json").is_file()  # the merged model

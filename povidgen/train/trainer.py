@@ -214,6 +214,7 @@ class DPOTrainer:
         self.device = next(self.model.parameters()).device
         self.global_step = 0
         self.consumed = 0  # micro-batches consumed, over all epochs
+        self._updated = False  # whether an optimiser step has changed the weights
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self.cache: ReferenceCache | None = None
@@ -250,9 +251,11 @@ class DPOTrainer:
                 model = get_peft_model(model, lora)
         if cfg.gradient_checkpointing:
             inner = unwrap_model(model)
-            inner.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            kwargs = {"use_reentrant": False}
+            if hasattr(inner, "activation_checkpointing_enable"):  # transformers >= 5.2x
+                inner.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                inner.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
             enable = getattr(model, "enable_input_require_grads", None)
             if enable is not None:
                 enable()
@@ -422,15 +425,21 @@ class DPOTrainer:
         features: list[Tensor] | None,
         noisy_features: list[Tensor] | None,
     ) -> Scores:
-        model = self.model
         if self.config.reference == "precomputed" and self.config.full:
-            raise TrainingDataError(
-                f"row {batch.ids[0]} has no precomputed reference log-probs and the fully "
-                "fine-tuned model can no longer give them; run precompute_reference() first"
-            )
+            if self._updated:
+                raise TrainingDataError(
+                    f"row {batch.ids[0]} has no precomputed reference log-probs and the fully "
+                    "fine-tuned model can no longer give them; run precompute_reference() "
+                    "before training"
+                )
+            # not trained yet: the model itself is still the reference
+            with torch.no_grad():
+                return self.scorer.score(
+                    self.model, batch, features=features, noisy_features=noisy_features
+                ).detach()
         return score_reference(
             self.scorer,
-            model,
+            self.model,
             batch,
             ref_model=self.ref_model,
             features=features,
@@ -488,6 +497,7 @@ class DPOTrainer:
         assert self.scheduler is not None
         if resume:
             self._load_checkpoint()
+            self._updated = self.global_step > 0
         if cfg.reference == "precomputed" and self.global_step == 0:
             computed = self.precompute_reference()
             logger.info("reference log-probs: %d rows computed, the rest cached", computed)
@@ -523,6 +533,7 @@ class DPOTrainer:
                     torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 learning_rate = self.scheduler.get_last_lr()[0]
                 self.optimizer.step()
+                self._updated = True
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.global_step += 1

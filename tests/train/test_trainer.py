@@ -454,3 +454,62 @@ def test_config_rejects_bad_settings() -> None:
         DPOConfig(beta=0)
     with pytest.raises(ValidationError):
         DPOConfig(bogus=1)  # type: ignore[call-arg]
+
+
+def test_precomputed_reference_with_full_fine_tuning(tmp_path: Any) -> None:
+    rows = rows_for("text", 2)
+    model, processor = tiny_vlm("llava")
+    config = DPOConfig(
+        batch_size=2,
+        full=True,
+        ref="precomputed",
+        ref_cache_dir=str(tmp_path),
+        max_steps=2,
+        learning_rate=1e-3,
+    )
+    trainer = DPOTrainer(model, processor, rows, config)
+    batch = trainer.collator(rows)
+    with torch.no_grad():
+        before = trainer.scorer.score(trainer.model, batch)
+    result = trainer.train()  # precomputes from the untrained model, then trains it
+    assert result.metrics[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    cached = trainer.reference_scores(batch)
+    torch.testing.assert_close(cached.chosen, before.chosen)
+    other = dict(rows[0], id="new", chosen=rows[1]["rejected"])
+    with pytest.raises(TrainingDataError, match="can no longer give them"):
+        trainer.reference_scores(trainer.collator([other]))
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_gradient_checkpointing_gives_the_same_step(family: str) -> None:
+    rows = rows_for("povid", 2)
+    plain = make_trainer(family, "povid", rows)
+    checkpointed = make_trainer(family, "povid", rows, gradient_checkpointing=True)
+    batch = plain.collator(rows)
+    loss, grads = loss_and_grads(plain, batch)
+    loss_ckpt, grads_ckpt = loss_and_grads(checkpointed, batch)
+    torch.testing.assert_close(loss, loss_ckpt)
+    for got, want in zip(grads_ckpt, grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize(
+    ("mode", "packing", "images_per_pair"),
+    [
+        ("text", True, 1),  # once per pair, shared by policy and reference
+        ("text", False, 4),  # TRL's layout: chosen and rejected rows, policy and reference
+        ("povid", True, 2),  # clean and noisy image, once each
+        ("povid", False, 6),  # the official layout's six forwards
+    ],
+)
+def test_vision_tower_runs_once_per_image(mode: str, packing: bool, images_per_pair: int) -> None:
+    rows = rows_for(mode, 2)
+    trainer = make_trainer("llava", mode, rows, packing=packing)
+    seen: list[int] = []
+    tower = trainer.family.vlm(trainer.model).vision_tower
+    handle = tower.register_forward_hook(lambda _m, args, _o: seen.append(args[0].shape[0]))
+    try:
+        trainer.compute_loss(trainer.collator(rows))
+    finally:
+        handle.remove()
+    assert sum(seen) == images_per_pair * len(rows)
