@@ -1,4 +1,4 @@
-"""The ``povidgen`` command line: ``build`` pairs, ``preview`` them.
+"""The ``povidgen`` command line: ``build`` pairs, ``preview`` them, ``train`` a VLM on them.
 
 The library logs and never prints; this module is where progress bars and summaries live.
 """
@@ -27,6 +27,7 @@ from povidgen.registry import (
     get_distorter,
     get_hallucinator,
 )
+from povidgen.train import command as train_command
 
 __all__ = ["main"]
 
@@ -35,7 +36,7 @@ logger = logging.getLogger("povidgen")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (0 ok, 1 no pairs built, 2 bad input,
-    3 stopped early: bad credentials, exhausted quota or the cost cap)."""
+    3 stopped early: bad credentials, exhausted quota or the cost cap; 130 train interrupted)."""
     parser = _parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -143,6 +144,8 @@ def _parser() -> argparse.ArgumentParser:
     distort.add_argument("--seed", type=int, default=0, metavar="N")
     distort.add_argument("--out", type=Path, required=True, metavar="FILE")
     distort.set_defaults(run=_distort)
+
+    train_command.add_parser(commands)
     return parser
 
 

@@ -32,7 +32,7 @@ import shutil
 import sys
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,8 +57,10 @@ __all__ = ["DPOTrainer", "TrainResult"]
 logger = logging.getLogger("povidgen")
 
 METRICS_FILE = "metrics.jsonl"
+SAVE_MARKER = "povidgen-save.json"
+"""Written into every :meth:`DPOTrainer.save` folder, so a later save may replace it."""
 CHECKPOINTS = "checkpoints"
-_STATE = "trainer_state.json"
+STATE_FILE = "trainer_state.json"
 _KEEP_CHECKPOINTS = 2
 
 
@@ -69,10 +71,12 @@ class TrainResult:
     Attributes:
         global_step: optimiser steps done in all (resumed runs included).
         metrics: one dict per logged step, as written to ``metrics.jsonl``.
+        stopped: the run ended early because ``stop()`` said so (a checkpoint was written).
     """
 
     global_step: int
     metrics: list[dict[str, float]] = field(default_factory=list)
+    stopped: bool = False
 
 
 class _Policy(nn.Module):
@@ -484,12 +488,21 @@ class DPOTrainer:
 
     # -- the loop -------------------------------------------------------------------------
 
-    def train(self, *, resume: bool = False, progress: bool = False) -> TrainResult:
+    def train(
+        self,
+        *,
+        resume: bool = False,
+        progress: bool = False,
+        stop: Callable[[], bool] | None = None,
+    ) -> TrainResult:
         """Run the training loop.
 
         Args:
             resume: continue from the newest checkpoint in ``output_dir`` (an error if none).
             progress: show a tqdm bar (the CLI does; library callers usually don't).
+            stop: asked after every optimiser step; when it returns ``True`` the trainer
+                writes a checkpoint and returns (``TrainResult.stopped``), so that a resumed
+                run continues exactly where this one stopped (the CLI's Ctrl-C).
         """
         cfg = self.config
         self._make_optimizer()
@@ -556,6 +569,9 @@ class DPOTrainer:
                     bar.set_postfix(loss=f"{record['loss']:.4f}")
                 if cfg.save_steps and self.global_step % cfg.save_steps == 0:
                     self.save_checkpoint()
+                if stop is not None and _any_rank(stop()) and self.global_step < total:
+                    result.stopped = True
+                    break
             if self.output_dir is not None and (
                 not cfg.save_steps or self.global_step % cfg.save_steps != 0
             ):
@@ -635,11 +651,11 @@ class DPOTrainer:
             "consumed": self.consumed,
             "config": self.config.model_dump(mode="json"),
         }
-        (tmp / _STATE).write_text(json.dumps(state, indent=2), encoding="utf-8")
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        for old in _checkpoints(root)[:-_KEEP_CHECKPOINTS]:
+        for old in checkpoints(root)[:-_KEEP_CHECKPOINTS]:
             shutil.rmtree(old)
         _barrier()
         return final
@@ -647,15 +663,15 @@ class DPOTrainer:
     def _load_checkpoint(self) -> None:
         if self.output_dir is None:
             raise ValueError("resume needs an output_dir")
-        found = _checkpoints(self.output_dir / CHECKPOINTS)
+        found = checkpoints(self.output_dir / CHECKPOINTS)
         if not found:
             raise FileNotFoundError(f"no checkpoint to resume from in {self.output_dir}")
         path = found[-1]
         assert self.optimizer is not None
         assert self.scheduler is not None
-        state = json.loads((path / _STATE).read_text(encoding="utf-8"))
+        state = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
         saved = DPOConfig.model_validate(state["config"])
-        if _resume_key(saved) != _resume_key(self.config):
+        if resume_key(saved) != resume_key(self.config):
             raise ValueError(
                 f"cannot resume from {path}: it was made with a different configuration"
             )
@@ -679,15 +695,41 @@ class DPOTrainer:
 
     def save(self, path: str | os.PathLike[str], *, merge: bool = False) -> Path:
         """Save the adapter (or the full model, or with ``merge=True`` the model with the
-        adapter merged in) and the processor, loadable with ``from_pretrained``."""
+        adapter merged in) and the processor, loadable with ``from_pretrained``.
+
+        The files are written to a staging folder beside ``path`` and moved into place, so
+        ``path`` never mixes two saves (an old ``adapter_config.json`` beside merged weights
+        would make ``from_pretrained`` load the old adapter). An existing ``path`` is replaced
+        only if it is empty or an earlier :meth:`save` (it holds :data:`SAVE_MARKER`).
+
+        Raises:
+            FileExistsError: ``path`` exists and is not such a folder.
+        """
         out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
+        if out.is_symlink() or (out.exists() and not out.is_dir()):
+            raise FileExistsError(f"{out} exists and is not a folder; not replacing it")
+        if out.is_dir() and any(out.iterdir()) and not (out / SAVE_MARKER).is_file():
+            raise FileExistsError(
+                f"{out} is not empty and was not written by DPOTrainer.save; not replacing it"
+            )
         model: Any = self.model
         if merge and hasattr(model, "merge_and_unload"):
             model = copy.deepcopy(model).merge_and_unload()
         if self.rank == 0:
-            model.save_pretrained(out)
-            self.processor.save_pretrained(out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            staging = out.with_name(f".{out.name}.saving")
+            old = out.with_name(f".{out.name}.old")
+            for leftover in (staging, old):
+                shutil.rmtree(leftover, ignore_errors=True)
+            model.save_pretrained(staging)
+            self.processor.save_pretrained(staging)
+            marker = {"merged": bool(merge), "global_step": self.global_step}
+            (staging / SAVE_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+            if out.exists():
+                os.replace(out, old)
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        _barrier()
         return out
 
     def merged_model(self) -> nn.Module:
@@ -820,7 +862,8 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _checkpoints(root: Path) -> list[Path]:
+def checkpoints(root: Path) -> list[Path]:
+    """The finished checkpoints ``step-N`` under ``root``, oldest first."""
     if not root.is_dir():
         return []
     found = [
@@ -847,7 +890,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
     os.replace(tmp, path)
 
 
-def _resume_key(config: DPOConfig) -> dict[str, Any]:
+def resume_key(config: DPOConfig) -> dict[str, Any]:
     """The settings a resumed run must share with the run it continues."""
     data = config.model_dump(mode="json")
     for free in ("max_steps", "save_steps", "logging_steps", "report_to", "num_workers"):
@@ -864,6 +907,15 @@ def _distributed() -> tuple[int, int]:
 def _barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def _any_rank(flag: bool) -> bool:
+    """``flag`` on any rank (every rank must stop at the same step)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        tensor = torch.tensor([float(flag)])
+        torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX)
+        return bool(tensor.item() > 0)
+    return flag
 
 
 def _mean_across_ranks(value: float) -> float:

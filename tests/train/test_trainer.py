@@ -513,3 +513,33 @@ def test_vision_tower_runs_once_per_image(mode: str, packing: bool, images_per_p
     finally:
         handle.remove()
     assert sum(seen) == images_per_pair * len(rows)
+
+
+def test_save_never_replaces_a_folder_it_did_not_write(tmp_path: Any) -> None:
+    rows = rows_for("text", 2)
+    trainer = make_trainer("llava", "text", rows)
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not written by DPOTrainer.save"):
+        trainer.save(user)
+    assert (user / "notes.txt").read_text() == "keep me"
+
+    out = tmp_path / "model"
+    trainer.save(out)
+    assert (out / "adapter_config.json").is_file()
+    trainer.save(out, merge=True)  # replaces its own earlier save, not mixing the two
+    assert not (out / "adapter_config.json").exists()
+    assert (out / "config.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine", "model"]
+
+
+def test_stop_ends_the_run_after_a_whole_step_with_a_checkpoint(tmp_path: Any) -> None:
+    rows = rows_for("text", 4)
+    model, processor = tiny_vlm("llava")
+    config = DPOConfig(batch_size=2, max_steps=5, **SMALL_LORA)
+    trainer = DPOTrainer(model, processor, rows, config, output_dir=tmp_path)
+    result = trainer.train(stop=lambda: trainer.global_step >= 2)
+    assert result.stopped
+    assert result.global_step == 2
+    assert (tmp_path / "checkpoints" / "step-2").is_dir()
