@@ -521,7 +521,7 @@ def test_save_never_replaces_a_folder_it_did_not_write(tmp_path: Any) -> None:
     user = tmp_path / "mine"
     user.mkdir()
     (user / "notes.txt").write_text("keep me")
-    with pytest.raises(FileExistsError, match="not written by DPOTrainer.save"):
+    with pytest.raises(FileExistsError, match=r"not written by DPOTrainer\.save"):
         trainer.save(user)
     assert (user / "notes.txt").read_text() == "keep me"
 
