@@ -543,3 +543,29 @@ def test_stop_ends_the_run_after_a_whole_step_with_a_checkpoint(tmp_path: Any) -
     assert result.stopped
     assert result.global_step == 2
     assert (tmp_path / "checkpoints" / "step-2").is_dir()
+
+
+def test_report_to_wandb_logs_every_record(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+    import types
+
+    logged: list[tuple[dict[str, float], int]] = []
+    finished: list[bool] = []
+
+    class Run:
+        def log(self, record: dict[str, float], step: int) -> None:
+            logged.append((record, step))
+
+        def finish(self) -> None:
+            finished.append(True)
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **_: Run()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    rows = rows_for("text", 2)
+    model, processor = tiny_vlm("llava")
+    config = DPOConfig(batch_size=2, max_steps=2, report_to=["wandb"], **SMALL_LORA)
+    DPOTrainer(model, processor, rows, config, output_dir=tmp_path).train()
+    assert [step for _, step in logged] == [1, 2]
+    assert "rewards/margins" in logged[0][0]
+    assert finished == [True]
