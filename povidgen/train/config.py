@@ -66,6 +66,9 @@ class DPOConfig(BaseModel):
         logging_steps: write metrics every this many optimiser steps.
         report_to: also log to ``"tensorboard"`` and/or ``"wandb"`` (must be installed).
         num_workers: DataLoader worker processes for decoding and distorting images.
+        distributed: under ``torchrun``, ``"ddp"`` replicates the model in every process
+            (``DistributedDataParallel``); ``"fsdp"`` shards it (FSDP2's ``fully_shard`` on
+            every decoder layer and on the rest of the policy). Ignored in one process.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -112,6 +115,7 @@ class DPOConfig(BaseModel):
     logging_steps: Annotated[int, Field(ge=1)] = 1
     report_to: list[Literal["tensorboard", "wandb"]] = Field(default_factory=list)
     num_workers: Annotated[int, Field(ge=0)] = 0
+    distributed: Literal["ddp", "fsdp"] = "ddp"
 
     @model_validator(mode="after")
     def _check(self) -> DPOConfig:

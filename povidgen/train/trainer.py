@@ -96,7 +96,10 @@ class _Policy(nn.Module):
         scores = self.scorer.score(
             self.model, batch, features=features, noisy_features=noisy_features
         )
-        return scores.chosen, scores.rejected, scores.noisy
+        # copies, not views of one (B, 2) tensor: FSDP2 hooks the outputs of its root's
+        # forward for backward, and a view output can lose that hook
+        noisy = None if scores.noisy is None else scores.noisy.clone()
+        return scores.chosen.clone(), scores.rejected.clone(), noisy
 
 
 def required_columns(mode: str, has_distorter: bool) -> list[str]:
@@ -213,7 +216,14 @@ class DPOTrainer:
             pad_token_id=int(pad),
         )
         self.policy: nn.Module = _Policy(self.model, self.scorer)
-        if self.world_size > 1:
+        self.sharded = self.world_size > 1 and cfg.distributed == "fsdp"
+        if self.sharded:
+            from torch.distributed.fsdp import fully_shard
+
+            for layer in getattr(self.family.decoder(self.model), "layers", []):
+                fully_shard(layer)
+            fully_shard(self.policy)
+        elif self.world_size > 1:
             self.policy = torch.nn.parallel.DistributedDataParallel(self.policy)
         self.device = next(self.model.parameters()).device
         self.global_step = 0
@@ -353,6 +363,7 @@ class DPOTrainer:
         """The loss of one micro-batch and its per-pair metric tensors (TRL's names)."""
         cfg = self.config
         batch = batch.to(self.device)
+        self._unshard()
         features = noisy_features = None
         if self.scorer.uses_packing(self.model) and vision_is_frozen(self.model, self.family):
             # one vision pass per image, shared by the policy and the reference
@@ -362,6 +373,7 @@ class DPOTrainer:
                     noisy_features = self.scorer.features(self.model, batch.noisy_vision)
         chosen, rejected, noisy = self.policy(batch, features, noisy_features)
         policy = Scores(chosen, rejected, noisy, *_lengths(batch, self.device))
+        self._unshard()
         ref = self.reference_scores(batch, features, noisy_features)
         metrics: dict[str, Tensor] = {
             "logps/chosen": policy.chosen.detach(),
@@ -405,6 +417,12 @@ class DPOTrainer:
             }
         )
         return out.loss, metrics
+
+    def _unshard(self) -> None:
+        """With FSDP2: gather the root's parameters (vision tower, embeddings, LM head), which
+        the shared vision features and the reference use outside the policy's forward."""
+        if self.sharded:
+            self.policy.unshard()  # type: ignore[operator]
 
     def reference_scores(
         self,
@@ -620,43 +638,68 @@ class DPOTrainer:
     # -- checkpoints ----------------------------------------------------------------------
 
     def _trainable_state(self) -> dict[str, Tensor]:
+        """The trainable weights as full CPU tensors (a collective under FSDP2)."""
         return {
-            name: p.detach().cpu().clone()
+            name: _full_tensor(p.detach()).cpu().clone()
             for name, p in self.model.named_parameters()
             if p.requires_grad
         }
 
+    def _optimizer_state(self) -> dict[str, Any]:
+        assert self.optimizer is not None
+        if not self.sharded:
+            return self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            get_optimizer_state_dict,
+        )
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        state: dict[str, Any] = get_optimizer_state_dict(
+            self.policy, self.optimizer, options=options
+        )
+        return state
+
     def save_checkpoint(self) -> Path | None:
-        """Write ``checkpoints/step-N`` (atomically) and prune all but the newest two."""
+        """Write ``checkpoints/step-N`` (atomically) and prune all but the newest two.
+
+        Every process must call it (it gathers sharded weights); the files are written by the
+        first, except each process's RNG state (``rng-R.pt``), so ``output_dir`` must be on a
+        file system all processes share.
+        """
         if self.output_dir is None:
             return None
-        assert self.optimizer is not None
         assert self.scheduler is not None
-        if self.rank != 0:
-            _barrier()
-            return None
+        weights = self._trainable_state()
+        optimizer = self._optimizer_state()
         root = self.output_dir / CHECKPOINTS
-        root.mkdir(parents=True, exist_ok=True)
         final = root / f"step-{self.global_step}"
-        for stale in root.glob(".step-*.tmp"):  # left by a run killed while saving
-            shutil.rmtree(stale, ignore_errors=True)
         tmp = root / f".step-{self.global_step}.tmp"
-        tmp.mkdir()
-        torch.save(self._trainable_state(), tmp / "trainable.pt")
-        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(_rng_state(), tmp / "rng.pt")
-        state = {
-            "global_step": self.global_step,
-            "consumed": self.consumed,
-            "config": self.config.model_dump(mode="json"),
-        }
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in checkpoints(root)[:-_KEEP_CHECKPOINTS]:
-            shutil.rmtree(old)
+        if self.rank == 0:
+            root.mkdir(parents=True, exist_ok=True)
+            for stale in root.glob(".step-*.tmp"):  # left by a run killed while saving
+                shutil.rmtree(stale, ignore_errors=True)
+            tmp.mkdir()
+        _barrier()
+        torch.save(_rng_state(), tmp / f"rng-{self.rank}.pt")
+        if self.rank == 0:
+            torch.save(weights, tmp / "trainable.pt")
+            torch.save(optimizer, tmp / "optimizer.pt")
+            torch.save(self.scheduler.state_dict(), tmp / "scheduler.pt")
+            state = {
+                "global_step": self.global_step,
+                "consumed": self.consumed,
+                "world_size": self.world_size,
+                "config": self.config.model_dump(mode="json"),
+            }
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2), encoding="utf-8")
+        _barrier()
+        if self.rank == 0:
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+            for old in checkpoints(root)[:-_KEEP_CHECKPOINTS]:
+                shutil.rmtree(old)
         _barrier()
         return final
 
@@ -675,16 +718,33 @@ class DPOTrainer:
             raise ValueError(
                 f"cannot resume from {path}: it was made with a different configuration"
             )
+        if int(state.get("world_size", 1)) != self.world_size:
+            raise ValueError(
+                f"cannot resume from {path}: it was made by {state.get('world_size', 1)} "
+                f"processes, this run has {self.world_size}"
+            )
         weights = torch.load(path / "trainable.pt", map_location="cpu")
         with torch.no_grad():
             for name, p in self.model.named_parameters():
                 if name in weights:
-                    p.copy_(weights[name])
-        self.optimizer.load_state_dict(
-            torch.load(path / "optimizer.pt", map_location=self.device, weights_only=False)
-        )
+                    _copy_full(p, weights[name])
+        optimizer = torch.load(path / "optimizer.pt", map_location=self.device, weights_only=False)
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                set_optimizer_state_dict,
+            )
+
+            set_optimizer_state_dict(
+                self.policy,
+                self.optimizer,
+                optim_state_dict=optimizer,
+                options=StateDictOptions(full_state_dict=True),
+            )
+        else:
+            self.optimizer.load_state_dict(optimizer)
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-        _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+        _set_rng_state(torch.load(path / f"rng-{self.rank}.pt", weights_only=False))
         self.global_step = int(state["global_step"])
         self.consumed = int(state["consumed"])
         if self.rank == 0:
@@ -713,7 +773,23 @@ class DPOTrainer:
                 f"{out} is not empty and was not written by DPOTrainer.save; not replacing it"
             )
         model: Any = self.model
-        if merge and hasattr(model, "merge_and_unload"):
+        extra: dict[str, Any] = {}
+        if self.sharded:
+            if merge:
+                raise ValueError(
+                    "merge=True is not available with FSDP: save the adapter, then merge it "
+                    "in one process (PeftModel.from_pretrained(...).merge_and_unload())"
+                )
+            from torch.distributed.checkpoint.state_dict import (
+                StateDictOptions,
+                get_model_state_dict,
+            )
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            extra["state_dict"] = get_model_state_dict(model, options=options)
+            if not hasattr(model, "peft_config"):
+                model = unwrap_model(model)
+        elif merge and hasattr(model, "merge_and_unload"):
             model = copy.deepcopy(model).merge_and_unload()
         if self.rank == 0:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -721,7 +797,7 @@ class DPOTrainer:
             old = out.with_name(f".{out.name}.old")
             for leftover in (staging, old):
                 shutil.rmtree(leftover, ignore_errors=True)
-            model.save_pretrained(staging)
+            model.save_pretrained(staging, **extra)
             self.processor.save_pretrained(staging)
             marker = {"merged": bool(merge), "global_step": self.global_step}
             (staging / SAVE_MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
@@ -907,6 +983,23 @@ def _distributed() -> tuple[int, int]:
 def _barrier() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def _full_tensor(tensor: Tensor) -> Tensor:
+    """A sharded FSDP2 ``DTensor`` gathered in full (a collective); a plain tensor as it is."""
+    gather = getattr(tensor, "full_tensor", None)
+    return gather() if gather is not None else tensor
+
+
+def _copy_full(param: Tensor, full: Tensor) -> None:
+    """Copy a full tensor into ``param``, sharding it first when ``param`` is a ``DTensor``."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if isinstance(param, DTensor):
+        full = distribute_tensor(
+            full.to(param.device, param.dtype), param.device_mesh, param.placements
+        )
+    param.copy_(full)
 
 
 def _any_rank(flag: bool) -> bool:
