@@ -268,6 +268,12 @@ def add_parser(subcommands: argparse._SubParsersAction[argparse.ArgumentParser])
         help="also log there (repeatable; the package must be installed)",
     )
     machine.add_argument(
+        "--distributed",
+        choices=["ddp", "fsdp"],
+        default=None,
+        help="under torchrun: replicate (ddp, default) or shard (fsdp) the model",
+    )
+    machine.add_argument(
         "--merge",
         action="store_true",
         help="save final/ as the whole model with the adapter merged in",
@@ -283,6 +289,7 @@ class _Session:
     """What the interrupt handler needs to see of a run in progress."""
 
     out: Path | None = None
+    joined: bool = False  # this command joined the process group (and leaves it)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -295,6 +302,11 @@ def run(args: argparse.Namespace) -> int:
         return _train(args, session)
     except KeyboardInterrupt:  # before training started, or a second Ctrl-C
         return _interrupted(session.out)
+    finally:
+        if session.joined:
+            import torch
+
+            torch.distributed.destroy_process_group()
 
 
 def _train(args: argparse.Namespace, session: _Session) -> int:
@@ -307,13 +319,17 @@ def _train(args: argparse.Namespace, session: _Session) -> int:
     data = _load_data(args.data, args.split)
     _check_columns(data, config)
     session.out = out
+    rank = _join_process_group(device, session)
 
     import torch
 
     dtype = getattr(torch, dtype_name)
     model, processor = _load_model(model_path, dtype, device)
     trainer = DPOTrainer(model, processor, data, config, output_dir=out)
-    _start_run(out, args, config, model_path, dtype_name, device)
+    _barrier()  # every process has checked --out before the first one writes into it
+    if rank == 0:
+        _start_run(out, args, config, model_path, dtype_name, device)
+    _barrier()
     with _FirstInterrupt() as interrupt:
         try:
             result = trainer.train(resume=args.resume, progress=True, stop=interrupt.pending)
@@ -326,6 +342,8 @@ def _train(args: argparse.Namespace, session: _Session) -> int:
     if result.stopped:
         return _interrupted(out)
     final = trainer.save(out / _FINAL, merge=args.merge)
+    if rank != 0:
+        return 0
 
     what = (
         "the whole model"
@@ -480,6 +498,7 @@ def _settings(args: argparse.Namespace) -> DPOConfig:
         "seed": args.seed,
         "max_length": args.max_length,
         "save_steps": args.save_steps,
+        "distributed": args.distributed,
     }
     fields.update({k: v for k, v in optional.items() if v is not None})
     try:
@@ -494,11 +513,35 @@ def _settings(args: argparse.Namespace) -> DPOConfig:
         raise _fail("invalid training settings: " + "; ".join(problems)) from error
 
 
-def _machine(args: argparse.Namespace) -> tuple[str, str]:
-    """The device and the dtype's name, checked."""
+def _join_process_group(device: str, session: _Session) -> int:
+    """Under ``torchrun`` (``WORLD_SIZE`` > 1): join the process group (NCCL on CUDA, gloo
+    on CPU) unless the caller already has; returns this process's rank."""
     import torch
 
-    name = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend)
+        session.joined = True
+    return int(torch.distributed.get_rank())
+
+
+def _barrier() -> None:
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _machine(args: argparse.Namespace) -> tuple[str, str]:
+    """The device (under ``torchrun`` on CUDA, the process's own GPU) and the dtype's name,
+    checked."""
+    import torch
+
+    local = os.environ.get("LOCAL_RANK")
+    default = f"cuda:{local}" if local is not None else "cuda"
+    name = args.device or (default if torch.cuda.is_available() else "cpu")
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError) as error:

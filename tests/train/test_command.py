@@ -478,3 +478,60 @@ def test_unwritable_out(
     monkeypatch.setattr("povidgen.train.command.os.access", lambda *args: False)
     assert train(inputs, tmp_path / "new" / "out", "--max-steps", "1") == 2
     assert f"{tmp_path} is not writable" in one_error(capsys.readouterr().err)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("distributed", ["ddp", "fsdp"])
+def test_train_under_torchrun_on_two_processes(
+    inputs: Inputs, tmp_path: Path, distributed: str
+) -> None:
+    """What ``torchrun --nproc-per-node 2 -m povidgen.cli train ...`` starts: two processes
+    with the rendezvous in the environment; the command joins the group (gloo on CPU)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "out"
+    command = [sys.executable, "-W", "error", "-m", "povidgen.cli", "train"]
+    command += ["--model", str(inputs.model), "--data", str(inputs.data), "--out", str(out)]
+    command += ["--max-steps", "2", "--batch-size", "1", "--lora-r", "4", "--lora-alpha", "8"]
+    command += ["--distributed", distributed, "--device", "cpu"]
+    env = {
+        **os.environ,
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+        "WORLD_SIZE": "2",
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+    }
+    root = Path(__file__).resolve().parents[2]
+    procs = [
+        subprocess.Popen(
+            command,
+            cwd=root,
+            env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in range(2)
+    ]
+    outputs = []
+    try:
+        for proc in procs:
+            outputs.append(proc.communicate(timeout=240))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+    for proc, (_, stderr) in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, stderr[-3000:]
+    assert "final loss" in outputs[0][0]  # the summary, from the first process only
+    assert outputs[1][0] == ""
+    assert [r["step"] for r in metrics(out)] == [1, 2]
+    assert (out / "final" / "adapter_config.json").is_file()
+    assert (out / "checkpoints" / "step-2" / "rng-1.pt").is_file()
