@@ -569,3 +569,17 @@ def test_report_to_wandb_logs_every_record(tmp_path: Any, monkeypatch: pytest.Mo
     assert [step for _, step in logged] == [1, 2]
     assert "rewards/margins" in logged[0][0]
     assert finished == [True]
+
+
+def test_dataloader_workers_give_the_same_run() -> None:
+    rows = rows_for("povid", 4)
+    losses = []
+    for workers in (0, 2):
+        model, processor = tiny_vlm("llava")
+        config = DPOConfig(
+            mode="povid", batch_size=2, max_steps=2, num_workers=workers, **SMALL_LORA
+        )
+        losses.append(
+            [m["loss"] for m in DPOTrainer(model, processor, rows, config).train().metrics]
+        )
+    assert losses[0] == losses[1]
