@@ -21,6 +21,7 @@ Under ``torchrun`` (``torch.distributed`` initialised) the policy forward is wra
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -190,6 +191,10 @@ class DPOTrainer:
         if strategy == "copy":
             self.ref_model = ref_model if ref_model is not None else copy.deepcopy(model)
             self.ref_model.requires_grad_(False).eval()
+        dtype = getattr(unwrap_model(model), "dtype", torch.float32)
+        # a half-precision model keeps peft's fp32 adapters under autocast (as TRL does), so
+        # activations are saved in half precision, not as fp32 copies of every adapter input
+        self._half = dtype if dtype in (torch.bfloat16, torch.float16) else None
         self.model = self._prepare_model(model)
         if strategy == "adapter" and not hasattr(unwrap_model_peft(self.model), "disable_adapter"):
             raise ValueError("ref='adapter' needs a LoRA adapter; use ref='copy' with full=True")
@@ -361,6 +366,15 @@ class DPOTrainer:
 
     def compute_loss(self, batch: PreferenceBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """The loss of one micro-batch and its per-pair metric tensors (TRL's names)."""
+        with self._autocast():
+            return self._compute_loss(batch)
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self._half is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self._half)
+
+    def _compute_loss(self, batch: PreferenceBatch) -> tuple[Tensor, dict[str, Tensor]]:
         cfg = self.config
         batch = batch.to(self.device)
         self._unshard()
@@ -424,6 +438,38 @@ class DPOTrainer:
         if self.sharded:
             self.policy.unshard()  # type: ignore[operator]
 
+    def training_step(self, batches: Sequence[PreferenceBatch]) -> dict[str, float]:
+        """One optimiser step over ``batches`` (its micro-batches, usually ``grad_accum`` of
+        them): forward and backward of each (the loss divided by their number), clip, AdamW
+        step, scheduler step. Returns ``step``, ``loss``, ``learning_rate`` and the means of
+        :meth:`compute_loss`'s metrics (averaged across processes)."""
+        if self.optimizer is None or self.scheduler is None:
+            self._make_optimizer()
+        assert self.optimizer is not None
+        assert self.scheduler is not None
+        sums: dict[str, float] = {}
+        loss_sum = 0.0
+        for batch in batches:
+            loss, metrics = self.compute_loss(batch)
+            (loss / len(batches)).backward()  # type: ignore[no-untyped-call]
+            loss_sum += float(loss.detach()) / len(batches)
+            for name, values in metrics.items():
+                sums[name] = sums.get(name, 0.0) + float(values.float().mean()) / len(batches)
+        if self.config.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.trainable_parameters(), self.config.max_grad_norm)
+        learning_rate = float(self.scheduler.get_last_lr()[0])
+        self.optimizer.step()
+        self._updated = True
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        return {
+            "step": float(self.global_step),
+            "loss": _mean_across_ranks(loss_sum),
+            "learning_rate": learning_rate,
+            **{k: _mean_across_ranks(v) for k, v in sums.items()},
+        }
+
     def reference_scores(
         self,
         batch: PreferenceBatch,
@@ -431,6 +477,15 @@ class DPOTrainer:
         noisy_features: list[Tensor] | None = None,
     ) -> Scores:
         """The reference's scores of ``batch`` (see :mod:`povidgen.train.reference`)."""
+        with self._autocast():
+            return self._reference_scores(batch, features, noisy_features)
+
+    def _reference_scores(
+        self,
+        batch: PreferenceBatch,
+        features: list[Tensor] | None,
+        noisy_features: list[Tensor] | None,
+    ) -> Scores:
         if self.config.reference == "precomputed":
             cache = self._reference_cache()
             try:
@@ -499,7 +554,8 @@ class DPOTrainer:
             batch = self.collator(rows).to(self.device)
             if not cache.missing(batch):
                 continue
-            cache.put(batch, self._live_reference(batch, None, None))
+            with self._autocast():
+                cache.put(batch, self._live_reference(batch, None, None))
             computed += len(batch)
         self.model.train()
         return computed
@@ -541,44 +597,21 @@ class DPOTrainer:
 
             bar = tqdm(total=total, initial=self.global_step, desc="training", unit="step")
         batches = self._micro_batches(self.consumed)
-        params = self.trainable_parameters()
         try:
             while self.global_step < total:
                 started = time.perf_counter()
                 if self.device.type == "cuda":
                     torch.cuda.reset_peak_memory_stats(self.device)
-                sums: dict[str, float] = {}
-                pairs = tokens = 0
-                loss_sum = 0.0
-                for _ in range(cfg.grad_accum):
-                    batch = next(batches)
-                    self.consumed += 1
-                    loss, metrics = self.compute_loss(batch)
-                    (loss / cfg.grad_accum).backward()  # type: ignore[no-untyped-call]
-                    loss_sum += float(loss.detach()) / cfg.grad_accum
-                    for name, values in metrics.items():
-                        sums[name] = sums.get(name, 0.0) + float(values.float().mean())
-                    pairs += len(batch)
-                    tokens += _token_count(batch)
-                if cfg.max_grad_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                learning_rate = self.scheduler.get_last_lr()[0]
-                self.optimizer.step()
-                self._updated = True
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.global_step += 1
+                micro = [next(batches) for _ in range(cfg.grad_accum)]
+                self.consumed += len(micro)
+                record = self.training_step(micro)
                 elapsed = max(time.perf_counter() - started, 1e-9)
-                record: dict[str, float] = {
-                    "step": float(self.global_step),
-                    "epoch": self.consumed / self._steps_per_epoch(),
-                    "loss": _mean_across_ranks(loss_sum),
-                    "learning_rate": float(learning_rate),
-                    **{k: _mean_across_ranks(v / cfg.grad_accum) for k, v in sums.items()},
-                    "pairs_per_second": pairs * self.world_size / elapsed,
-                    "tokens_per_second": tokens * self.world_size / elapsed,
-                    "peak_memory_gib": _peak_memory_gib(self.device),
-                }
+                record["epoch"] = self.consumed / self._steps_per_epoch()
+                record["pairs_per_second"] = sum(len(b) for b in micro) * self.world_size / elapsed
+                record["tokens_per_second"] = (
+                    sum(_token_count(b) for b in micro) * self.world_size / elapsed
+                )
+                record["peak_memory_gib"] = _peak_memory_gib(self.device)
                 if self.global_step % cfg.logging_steps == 0 or self.global_step == total:
                     result.metrics.append(record)
                     self._log(record)

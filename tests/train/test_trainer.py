@@ -583,3 +583,22 @@ def test_dataloader_workers_give_the_same_run() -> None:
             [m["loss"] for m in DPOTrainer(model, processor, rows, config).train().metrics]
         )
     assert losses[0] == losses[1]
+
+
+def test_bf16_model_trains_under_autocast_with_fp32_adapters() -> None:
+    rows = rows_for("povid", 2)
+    model, processor = tiny_vlm("llava")
+    model.to(torch.bfloat16)
+    config = DPOConfig(mode="povid", batch_size=2, max_steps=2, learning_rate=1e-3, **SMALL_LORA)
+    trainer = DPOTrainer(model, processor, rows, config)
+    assert {p.dtype for p in trainer.trainable_parameters()} == {torch.float32}
+    seen: list[torch.dtype] = []
+    decoder = trainer.family.decoder(trainer.model)
+    lora_a = decoder.layers[0].self_attn.q_proj.lora_A["default"]
+    handle = lora_a.register_forward_hook(lambda _m, _a, output: seen.append(output.dtype))
+    try:
+        metrics = trainer.train().metrics
+    finally:
+        handle.remove()
+    assert all(math.isfinite(m["loss"]) for m in metrics)
+    assert set(seen) == {torch.bfloat16}  # fp32 adapters, run (and saved) in bf16
