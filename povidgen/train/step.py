@@ -262,18 +262,9 @@ class Scorer:
                         model, batch, [[c] for c in batch.chosen_ids], True, noisy_features
                     ),
                 )
-                tokens = noisy_tokens(
-                    noisy_hidden,
-                    noisy_labels,
-                    lm_head_weight=weight,
-                    overlap=self.overlap,
-                    ignore_index=IGNORE,
-                    shift=False,
-                    chunk_size=self.chunk_size,
-                )
-            width = hidden.shape[1]
-            tokens = nn.functional.pad(tokens, (0, width - tokens.shape[1]), value=IGNORE)
-            noisy_score = self._logps(hidden[0::2], weight, tokens)
+            noisy_score = self._noisy_score(
+                hidden[0::2], weight, noisy_hidden, noisy_labels, shift=False
+            )
         return Scores(
             logps[:, 0],
             logps[:, 1],
@@ -355,19 +346,43 @@ class Scorer:
                     batch.noisy_vision_rows,
                     batch.noisy_mm_token_type_ids,
                 )
-                tokens = noisy_tokens(
-                    noisy_hidden,
-                    noisy_labels,
-                    lm_head_weight=weight,
-                    overlap=self.overlap,
-                    ignore_index=IGNORE,
-                    chunk_size=self.chunk_size,
-                )
-            width = hidden.shape[1]
-            tokens = nn.functional.pad(tokens, (0, width - tokens.shape[1]), value=IGNORE)
-            noisy_score = self._shifted_logps(hidden[:n], weight, tokens[:, :width])
+            noisy_score = self._noisy_score(
+                hidden[:n], weight, noisy_hidden, noisy_labels, shift=True
+            )
         return Scores(
             logps[:n], logps[n:], noisy_score, _lengths(chosen), _lengths(batch.rejected_ids)
+        )
+
+    def _noisy_score(
+        self,
+        chosen_hidden: Tensor,
+        weight: Tensor,
+        noisy_hidden: Tensor,
+        noisy_labels: Tensor,
+        *,
+        shift: bool,
+    ) -> Tensor:
+        """POVID's noisy score: the argmax tokens of the noisy stream (no graph), scored with
+        the clean stream's hidden states of the chosen answer (same positions, padded)."""
+        with torch.no_grad():
+            tokens = noisy_tokens(
+                noisy_hidden,
+                noisy_labels,
+                lm_head_weight=weight,
+                overlap=self.overlap,
+                ignore_index=IGNORE,
+                shift=shift,
+                chunk_size=self.chunk_size,
+            )
+        width = chosen_hidden.shape[1]
+        tokens = nn.functional.pad(tokens, (0, width - tokens.shape[1]), value=IGNORE)
+        return sequence_logps(
+            chosen_hidden,
+            weight,
+            tokens,
+            ignore_index=IGNORE,
+            chunk_size=self.chunk_size,
+            shift=shift,
         )
 
     def _shifted_logps(self, hidden: Tensor, weight: Tensor, labels: Tensor) -> Tensor:
