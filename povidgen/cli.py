@@ -109,6 +109,18 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--batch-dir", type=Path, default=None, metavar="DIR", help="where batch state is kept"
     )
+    build.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="the reply cache (default: $POVIDGEN_CACHE_DIR or the user cache folder)",
+    )
+    build.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="neither read nor write the reply cache (every request is sent and paid for)",
+    )
     build.add_argument("--rpm", type=float, default=None, help="requests per minute at most")
     build.add_argument("--tpm", type=float, default=None, help="tokens per minute at most")
     build.add_argument(
@@ -236,6 +248,8 @@ def _provider_options(args: argparse.Namespace) -> dict[str, object]:
                 ("--max-cost", args.max_cost),
                 ("--rpm", args.rpm),
                 ("--tpm", args.tpm),
+                ("--cache-dir", args.cache_dir),
+                ("--no-cache", args.no_cache),
             )
             if value
         ]
@@ -252,9 +266,12 @@ def _provider_options(args: argparse.Namespace) -> dict[str, object]:
         ("requests_per_minute", args.rpm),
         ("tokens_per_minute", args.tpm),
         ("batch_dir", args.batch_dir),
+        ("cache_dir", args.cache_dir),
     ):
         if value is not None:
             options[key] = value
+    if args.no_cache:
+        options["cache"] = False
     if args.batch:
         options["mode"] = "batch"
     return options

@@ -23,6 +23,15 @@ def encode(image: Image.Image, fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
+@pytest.fixture(autouse=True)
+def _private_reply_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each test gets its own reply cache: a reply cached by one test must not answer
+    another's request (and nothing is written to the user's cache folder)."""
+    monkeypatch.setenv("POVIDGEN_CACHE_DIR", str(tmp_path_factory.mktemp("reply-cache")))
+
+
 @pytest.fixture
 def rgb_image() -> Image.Image:
     """A small non-uniform RGB image."""

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+import hashlib
 import io
 import json
 import logging
@@ -45,6 +46,7 @@ from povidgen.errors import (
 )
 from povidgen.hallucinate.base import HallucinationResult, Hallucinator
 from povidgen.hallucinate.batch import BatchBackend, BatchItem, batch_key, custom_id_for, run_batch
+from povidgen.hallucinate.cache import ReplyCache
 from povidgen.hallucinate.pricing import CostTracker, ModelPrice, Usage, cost_usd, estimate_tokens
 from povidgen.hallucinate.prompts import (
     PROMPT_VERSION,
@@ -161,6 +163,9 @@ class LLMHallucinator(Hallucinator):
             half price; see :mod:`povidgen.hallucinate.batch`).
         batch_dir: where batch state is kept (default ``$XDG_CACHE_HOME/povidgen/batches``).
         poll_interval: seconds between polls of a running batch.
+        cache: keep every reply in the reply cache and answer repeated requests from it
+            (:mod:`povidgen.hallucinate.cache`), so a rerun pays for nothing twice.
+        cache_dir: the cache's folder (default ``$POVIDGEN_CACHE_DIR`` or the user cache).
     """
 
     provider: str = "llm"
@@ -186,6 +191,8 @@ class LLMHallucinator(Hallucinator):
         mode: Literal["live", "batch"] = "live",
         batch_dir: str | os.PathLike[str] | None = None,
         poll_interval: float = 30.0,
+        cache: bool = True,
+        cache_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         if not model or not isinstance(model, str):
             raise ValueError("model must be a non-empty model name")
@@ -226,6 +233,9 @@ class LLMHallucinator(Hallucinator):
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._limiters = _limiters(requests_per_minute, tokens_per_minute)
         self._max_cost_usd = max_cost_usd
+        self.use_cache = cache
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self._cache: ReplyCache | None = None
         cost_usd(model, Usage(input_tokens=1, output_tokens=1), prices=prices)  # fail early
 
     # -- provenance ---------------------------------------------------------------------------
@@ -274,11 +284,25 @@ class LLMHallucinator(Hallucinator):
             stopped = type(self._stopped)(f"not attempted: {self._stopped}")
             return [stopped for _ in examples]
         items = []
+        keys: dict[str, str] = {}
+        cached: dict[str, tuple[str, Usage]] = {}
+        cache = self.reply_cache
         for example in examples:
             system, user = build_messages(example, self.prompt)
             image_url = _data_url(example.image, self.image_max_side) if self.send_image else None
+            custom_id = custom_id_for(example.id)
+            if cache is not None:
+                keys[custom_id] = self._cache_key(system, user, image_url, example.seed)
+                if (hit := cache.get(keys[custom_id])) is not None:
+                    cached[custom_id] = hit  # paid for by an earlier run: not submitted
+                    continue
             request = self._batch_request(system, user, image_url)
-            items.append(BatchItem(custom_id_for(example.id), example, request))
+            items.append(BatchItem(custom_id, example, request))
+        if not items:
+            return [
+                self._verified(example, *cached[custom_id_for(example.id)], batch=None)
+                for example in examples
+            ]
         estimate = sum(
             cost_usd(
                 self.model,
@@ -320,8 +344,12 @@ class LLMHallucinator(Hallucinator):
         finally:
             self.cost.release(estimate)
         results: list[HallucinationResult] = []
-        for item in items:
-            reply = replies.get(item.custom_id)
+        for example in examples:
+            custom_id = custom_id_for(example.id)
+            if custom_id in cached:
+                results.append(self._verified(example, *cached[custom_id], batch=None))
+                continue
+            reply = replies.get(custom_id)
             if reply is None:
                 results.append(ProviderError("the batch returned no result for this request"))
                 continue
@@ -329,13 +357,22 @@ class LLMHallucinator(Hallucinator):
                 results.append(reply)
                 continue
             text, usage = reply
-            self.cost.add(cost_usd(self.model, usage, batch=True, prices=self.prices))
-            self.usage = self.usage + usage
-            try:
-                results.append(verify_reply(item.example, text, self.prompt))
-            except VerificationError as error:
-                results.append(error)
+            if cache is not None:
+                cache.put(keys[custom_id], text, usage)
+            results.append(self._verified(example, text, usage, batch=True))
         return results
+
+    def _verified(
+        self, example: Example, text: str, usage: Usage, *, batch: bool | None
+    ) -> HallucinationResult:
+        """Verify one batch reply; ``batch=None`` is a cached reply (nothing to pay)."""
+        if batch is not None:
+            self.cost.add(cost_usd(self.model, usage, batch=batch, prices=self.prices))
+            self.usage = self.usage + usage
+        try:
+            return verify_reply(example, text, self.prompt)
+        except VerificationError as error:
+            return error
 
     def _batch_request(self, system: str, user: str, image_url: str | None) -> dict[str, Any]:
         """The body of one batch request (providers with batch APIs override this)."""
@@ -369,9 +406,42 @@ class LLMHallucinator(Hallucinator):
             f"no reply passed verification in {self.max_attempts} attempts; last: {feedback}"
         )
 
+    @property
+    def reply_cache(self) -> ReplyCache | None:
+        """The reply cache in use (opened on first use), or ``None`` with ``cache=False``."""
+        if self.use_cache and self._cache is None:
+            self._cache = ReplyCache(self.cache_dir)
+        return self._cache
+
+    def _cache_key(self, system: str, user: str, image_url: str | None, seed: int) -> str:
+        image = None
+        if image_url is not None:
+            image = hashlib.blake2b(image_url.encode("ascii"), digest_size=20).hexdigest()
+        return ReplyCache.key(
+            provider=self.provider,
+            model=self.model,
+            prompt_version=PROMPT_VERSION,
+            prompt_fingerprint=prompt_fingerprint(self.prompt),
+            parameters={"max_output_tokens": self.max_output_tokens, **self._request_params()},
+            system=system,
+            user=user,
+            image=image,
+            seed=seed,
+        )
+
+    def _request_params(self) -> dict[str, Any]:
+        """Request parameters besides the prompt that change the reply (subclasses add
+        theirs, e.g. a temperature), for the reply cache's key."""
+        return {}
+
     async def _call(self, system: str, user: str, example: Example) -> Reply:
         if self._stopped is not None:
             raise type(self._stopped)(f"not attempted: {self._stopped}")
+        image_url = _data_url(example.image, self.image_max_side) if self.send_image else None
+        cache = self.reply_cache
+        key = self._cache_key(system, user, image_url, example.seed) if cache is not None else ""
+        if cache is not None and (hit := cache.get(key)) is not None:
+            return Reply(*hit)  # paid for by an earlier run: nothing is sent
         estimate = Usage(
             input_tokens=estimate_tokens(system + user)
             + (self.image_tokens if self.send_image else 0),
@@ -388,16 +458,19 @@ class LLMHallucinator(Hallucinator):
             assert self._stopped is not None
             raise self._stopped
         try:
-            reply = await self._send(system, user, example.image, estimate.input_tokens)
+            reply = await self._send(system, user, image_url, estimate.input_tokens)
         except BaseException:
             self.cost.release(reserved)
             raise
         self.cost.release(reserved, actual=cost_usd(self.model, reply.usage, prices=self.prices))
         self.usage = self.usage + reply.usage
+        if cache is not None:
+            cache.put(key, reply.text, reply.usage)
         return reply
 
-    async def _send(self, system: str, user: str, image: Image.Image, input_tokens: int) -> Reply:
-        image_url = _data_url(image, self.image_max_side) if self.send_image else None
+    async def _send(
+        self, system: str, user: str, image_url: str | None, input_tokens: int
+    ) -> Reply:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_retries + 1),
             wait=_Backoff(self.initial_backoff, 60.0),

@@ -83,6 +83,10 @@ class OpenAIHallucinator(LLMHallucinator):
             timeout=self.timeout,
         )
 
+    def _request_params(self) -> dict[str, Any]:
+        # another server answers differently (hashed into the cache key, never stored)
+        return {"base_url": self._base_url}
+
     async def _complete(self, system: str, user: str, image_url: str | None) -> Reply:
         messages = _messages(system, user, image_url)
         try:

@@ -65,6 +65,7 @@ def test_a_batch_run_verifies_and_costs_half(
     assert [r for r in server.requests if r.index is not None and "batch" not in r.path] == []
     live = make(provider, server, tmp_path)
     live.mode = "live"
+    live.use_cache = False  # else the batch's replies answer it from the reply cache, for free
     build(live)
     assert hallucinator.cost.spent == pytest.approx(live.cost.spent / 2, rel=0.05)
 
@@ -129,3 +130,19 @@ def test_killed_after_submission_the_next_run_resumes_instead_of_resubmitting(
     assert server.batches_created[provider] == 1  # resumed, not submitted again
     assert builder.errors == []
     assert len(builder.pairs) == 8  # type: ignore[attr-defined]
+
+
+def test_a_rerun_in_batch_mode_submits_only_uncached_requests(
+    server: FakeLLMServer, tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    first = make("openai", server, tmp_path / "first")
+    first.cache_dir = cache
+    build(first)
+    assert server.batches_created["openai"] == 1
+    again = make("openai", server, tmp_path / "again")  # a new batch folder: nothing to resume
+    again.cache_dir = cache
+    builder = build(again)
+    assert server.batches_created["openai"] == 1  # every reply came from the cache
+    assert builder.errors == []
+    assert again.cost.spent == 0
