@@ -43,6 +43,7 @@ from povidgen.hallucinate.prompts import PromptConfig
 from povidgen.hallucinate.rule import RuleHallucinator
 from povidgen.hallucinate.transformers_local import TransformersHallucinator
 from povidgen.pairs.builder import BuildReport, PairBuilder
+from povidgen.redact import register_secret
 from povidgen.registry import (
     available_distorters,
     available_hallucinators,
@@ -118,4 +119,5 @@ __all__ = [
     "get_distorter",
     "get_hallucinator",
     "load_examples_file",
+    "register_secret",
 ]

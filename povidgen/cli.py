@@ -21,6 +21,7 @@ from povidgen import __version__
 from povidgen.distort.base import Distorter
 from povidgen.errors import PovidgenError
 from povidgen.pairs.builder import PairBuilder
+from povidgen.redact import scrub
 from povidgen.registry import (
     available_distorters,
     available_hallucinators,
@@ -46,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.run(args)
     except PovidgenError as error:
-        print(f"povidgen: error: {error}", file=sys.stderr)
+        print(f"povidgen: error: {scrub(str(error))}", file=sys.stderr)
         return 2
     return code
 

@@ -18,6 +18,8 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from povidgen.redact import scrub
+
 __all__ = [
     "Edit",
     "EditKind",
@@ -192,7 +194,8 @@ class RowError(_Model):
         id: the row's id (or ``"row-<index>"`` when it had none).
         index: the row's position in the input dataset.
         stage: where it failed.
-        reason: a human-readable explanation.
+        reason: a human-readable explanation, with every registered secret replaced by
+            ``***`` (:mod:`povidgen.redact`): a server's error message can echo an API key.
         error_type: the class name of the underlying exception.
     """
 
@@ -201,3 +204,8 @@ class RowError(_Model):
     stage: Stage
     reason: str
     error_type: str
+
+    @field_validator("reason")
+    @classmethod
+    def _no_secrets(cls, value: str) -> str:
+        return scrub(value)

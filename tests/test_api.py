@@ -56,6 +56,7 @@ EXPECTED = [
     "get_distorter",
     "get_hallucinator",
     "load_examples_file",
+    "register_secret",
 ]
 
 

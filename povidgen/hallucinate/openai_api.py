@@ -14,6 +14,7 @@ from povidgen.hallucinate.batch import BatchBackend, BatchItem
 from povidgen.hallucinate.llm import LLMHallucinator, Reply
 from povidgen.hallucinate.pricing import Usage
 from povidgen.hallucinate.prompts import RewriteReply
+from povidgen.redact import register_secret
 
 __all__ = ["OpenAIHallucinator"]
 
@@ -64,6 +65,7 @@ class OpenAIHallucinator(LLMHallucinator):
         openai = _import_openai()
         if client is not None:
             self._user_client = client.with_options(max_retries=0, timeout=self.timeout)
+            register_secret(getattr(client, "api_key", None))
         else:
             key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
             if key is None:
@@ -72,6 +74,7 @@ class OpenAIHallucinator(LLMHallucinator):
                     "(local OpenAI-compatible servers accept any key, e.g. api_key='none')"
                 )
             self._api_key = key if isinstance(key, SecretStr) else SecretStr(key)
+            register_secret(self._api_key)  # scrubbed from errors, logs and the terminal
             self._base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         self._openai = openai
 

@@ -45,6 +45,8 @@ the exception each SDK raises (``max_retries=0``):
   ``pydantic.ValidationError`` in both SDKs.
 * ``"refusal"``: 200 whose text is ``{"rejected": REFUSAL_TEXT, "edits": []}`` (valid JSON).
 * ``"identical"``: 200 whose ``rejected`` is the answer itself, with no edits.
+* ``"echo_key"``: 400 whose error message repeats the request's API key (as some proxies and
+  misconfigured servers do): ``openai.BadRequestError`` / ``anthropic.BadRequestError``.
 
 Recording: :attr:`FakeLLMServer.requests` keeps every request with ``authorization`` and
 ``x-api-key`` redacted; the keys go to :attr:`FakeLLMServer.seen_api_keys`. (``anthropic`` 2.x
@@ -102,7 +104,17 @@ __all__ = [
 
 Provider: TypeAlias = Literal["openai", "anthropic", "unknown"]
 FaultKind: TypeAlias = Literal[
-    "429", "quota", "401", "500", "529", "slow", "drop", "malformed", "refusal", "identical"
+    "429",
+    "quota",
+    "401",
+    "500",
+    "529",
+    "slow",
+    "drop",
+    "malformed",
+    "refusal",
+    "identical",
+    "echo_key",
 ]
 FAULT_KINDS: tuple[FaultKind, ...] = get_args(FaultKind)
 DEFAULT_RANDOM_FAULTS: tuple[FaultKind, ...] = ("429", "500", "529", "drop")
@@ -872,6 +884,11 @@ class FakeLLMServer:
             return limited
         if fault in ("429", "quota", "401", "500", "529"):
             return self._fault_response(provider, fault)
+        if fault == "echo_key":
+            key = request.headers.get("x-api-key") or request.headers.get("authorization", "")
+            key = key.removeprefix("Bearer ")
+            message = f"Invalid request for API key {key}: the model is not available (fake)."
+            return self._error(provider, 400, "invalid_request", message)
         if fault == "drop":
             if request.transport is not None:
                 request.transport.close()
