@@ -30,7 +30,7 @@ import logging
 import os
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -115,6 +115,13 @@ def is_transient(error: BaseException) -> bool:
     return status in _TRANSIENT_STATUS and not is_fatal(error)
 
 
+def is_connection_failure(error: BaseException) -> bool:
+    """No HTTP response at all: refused, reset, unresolvable, or timed out."""
+    if isinstance(error, asyncio.TimeoutError | ConnectionError):
+        return True
+    return type(error).__name__ in ("APITimeoutError", "APIConnectionError")
+
+
 def is_fatal(error: BaseException) -> bool:
     """Stops the run: bad credentials, no permission, exhausted quota or billing."""
     status = status_of(error)
@@ -166,6 +173,10 @@ class LLMHallucinator(Hallucinator):
         cache: keep every reply in the reply cache and answer repeated requests from it
             (:mod:`povidgen.hallucinate.cache`), so a rerun pays for nothing twice.
         cache_dir: the cache's folder (default ``$POVIDGEN_CACHE_DIR`` or the user cache).
+        max_connection_failures: the circuit breaker: after this many requests in a row got
+            no response at all (refused, reset, timed out), with none answered in between,
+            the endpoint is taken for dead and the run stops (``ProviderFatalError`` naming
+            the URL; the CLI exits 3) instead of retrying every row for a minute.
     """
 
     provider: str = "llm"
@@ -193,6 +204,7 @@ class LLMHallucinator(Hallucinator):
         poll_interval: float = 30.0,
         cache: bool = True,
         cache_dir: str | os.PathLike[str] | None = None,
+        max_connection_failures: int = 8,
     ) -> None:
         if not model or not isinstance(model, str):
             raise ValueError("model must be a non-empty model name")
@@ -233,6 +245,12 @@ class LLMHallucinator(Hallucinator):
         self._client_loop: asyncio.AbstractEventLoop | None = None
         self._limiters = _limiters(requests_per_minute, tokens_per_minute)
         self._max_cost_usd = max_cost_usd
+        if isinstance(max_connection_failures, bool) or max_connection_failures < 1:
+            raise ValueError(
+                f"max_connection_failures must be a positive int, got {max_connection_failures!r}"
+            )
+        self.max_connection_failures = max_connection_failures
+        self._connection_failures = 0
         self.use_cache = cache
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._cache: ReplyCache | None = None
@@ -480,9 +498,11 @@ class LLMHallucinator(Hallucinator):
         try:
             async for attempt in retrying:
                 with attempt:
+                    if self._stopped is not None:  # tripped while this row waited to retry
+                        raise type(self._stopped)(f"stopped: {self._stopped}")
                     await self._throttle(input_tokens + self.max_output_tokens)
                     self.calls += 1
-                    return await self._complete(system, user, image_url)
+                    return await self._answered(self._complete(system, user, image_url))
         except Exception as error:
             if isinstance(error, HallucinationError | RunStoppedError):
                 raise
@@ -492,6 +512,35 @@ class LLMHallucinator(Hallucinator):
                 raise self._stopped from error
             raise ProviderError(_describe(self.provider, error)) from error
         raise AssertionError("unreachable: tenacity either returns or raises")
+
+    async def _answered(self, request: Coroutine[Any, Any, Reply]) -> Reply:
+        """Await one request and keep the circuit breaker's count: a request that got any
+        HTTP response resets it, one that got none adds to it and may trip it."""
+        try:
+            reply = await request
+        except Exception as error:
+            if not is_connection_failure(error):
+                self._connection_failures = 0
+                raise
+            self._connection_failures += 1
+            if self._connection_failures >= self.max_connection_failures:
+                self._stop(
+                    ProviderFatalError(
+                        f"{self._endpoint()} is unreachable: {self._connection_failures} "
+                        f"requests in a row got no response "
+                        f"({_describe(self.provider, error)}); check the URL and the network"
+                    )
+                )
+                assert self._stopped is not None
+                raise self._stopped from error
+            raise
+        self._connection_failures = 0
+        return reply
+
+    def _endpoint(self) -> str:
+        """The URL requests go to, for messages."""
+        base_url = getattr(self.client(), "base_url", None)
+        return str(base_url) if base_url is not None else f"the {self.provider} API"
 
     async def _throttle(self, tokens: int) -> None:
         requests, token_budget = self._limiters
