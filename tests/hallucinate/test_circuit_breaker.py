@@ -33,9 +33,7 @@ def running() -> Iterator[FakeLLMServer]:
 
 def test_a_dead_endpoint_stops_a_2000_row_run_quickly(tmp_path: Path) -> None:
     url = dead_url()
-    hallucinator = OpenAIHallucinator(
-        base_url=url, api_key=SECRET, cache_dir=tmp_path, timeout=5.0
-    )
+    hallucinator = OpenAIHallucinator(base_url=url, api_key=SECRET, cache_dir=tmp_path, timeout=5.0)
     builder = PairBuilder.from_dataset(rows(2000), hallucinator=hallucinator, id_column="id")
     started = time.perf_counter()
     pairs = builder.build()
