@@ -111,6 +111,25 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-dir", type=Path, default=None, metavar="DIR", help="where batch state is kept"
     )
     build.add_argument(
+        "--max-image-bytes",
+        type=int,
+        default=None,
+        metavar="N",
+        help="refuse image files larger than this (default 64 MiB)",
+    )
+    build.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="refuse images of more pixels than this (default 64,000,000)",
+    )
+    build.add_argument(
+        "--allow-outside-image-folder",
+        action="store_true",
+        help="read image paths that resolve outside --image-folder (refused by default)",
+    )
+    build.add_argument(
         "--cache-dir",
         type=Path,
         default=None,
@@ -163,6 +182,25 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _build(args: argparse.Namespace) -> int:
+    from povidgen.sources.images import ImageLimits
+
+    try:
+        limits = ImageLimits(
+            **{
+                name: value
+                for name, value in (
+                    ("max_bytes", args.max_image_bytes),
+                    ("max_pixels", args.max_image_pixels),
+                )
+                if value is not None
+            },
+            # only a folder the user named confines the paths; the dataset's own folder
+            # merely resolves relative ones
+            confine=args.image_folder is not None and not args.allow_outside_image_folder,
+        )
+    except ValueError as error:
+        flag = "--max-image-bytes" if "max_bytes" in str(error) else "--max-image-pixels"
+        raise PovidgenError(f"{flag}: {error}") from error
     _check_output_folder(args.out, overwrite=args.overwrite)
     if args.demo:
         from povidgen.sources.demo import demo_dataset
@@ -207,6 +245,7 @@ def _build(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         # a batch API takes the whole run in one submission (OpenAI allows 50,000 requests)
         batch_size=min(max(len(dataset), 1), 50_000) if args.batch else 64,
+        image_limits=limits,
     )
     tally = getattr(hallucinator, "cost", None)
     with tqdm(total=len(dataset), unit="row", desc="building pairs") as bar:
@@ -326,9 +365,8 @@ def _preview(args: argparse.Namespace) -> int:
 
 
 def _distort(args: argparse.Namespace) -> int:
-    from PIL import Image
-
     from povidgen.errors import ImageError
+    from povidgen.sources.images import read_image_file
 
     options = {} if args.severity is None else {"severity": args.severity}
     try:
@@ -336,10 +374,8 @@ def _distort(args: argparse.Namespace) -> int:
     except ValueError as error:
         raise PovidgenError(f"bad settings for {args.distorter!r}: {error}") from error
     try:
-        with Image.open(args.image) as opened:
-            opened.load()
-            image = opened.copy()
-    except (OSError, SyntaxError, ValueError) as error:
+        image = read_image_file(args.image)
+    except ImageError as error:
         raise ImageError(f"cannot read image {args.image}: {error}") from error
     result = distorter(image, seed=args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)

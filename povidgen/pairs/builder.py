@@ -36,7 +36,7 @@ from povidgen.hallucinate.base import Hallucinator
 from povidgen.pairs.trl_format import pair_features, pair_to_row
 from povidgen.schema import Example, Hallucination, PreferencePair, Provenance, RowError, Stage
 from povidgen.seeding import derive_seed
-from povidgen.sources.images import SourceImage, open_image
+from povidgen.sources.images import DEFAULT_LIMITS, ImageLimits, SourceImage, open_image
 
 __all__ = ["BuildReport", "PairBuilder"]
 
@@ -109,6 +109,7 @@ class PairBuilder:
         image_folder: str | os.PathLike[str] | None,
         concurrency: int,
         batch_size: int,
+        image_limits: ImageLimits = DEFAULT_LIMITS,
     ) -> None:
         if not isinstance(hallucinator, Hallucinator):
             raise TypeError(
@@ -129,6 +130,7 @@ class PairBuilder:
         self.id_column = id_column
         self.seed = int(seed)
         self.image_folder = image_folder
+        self.image_limits = image_limits
         self.concurrency = concurrency
         self.batch_size = batch_size
         self._stopped: RunStoppedError | None = None
@@ -153,6 +155,7 @@ class PairBuilder:
         image_folder: str | os.PathLike[str] | None = None,
         concurrency: int = 8,
         batch_size: int = 64,
+        image_limits: ImageLimits | None = None,
     ) -> PairBuilder:
         """A builder over ``dataset``.
 
@@ -169,6 +172,10 @@ class PairBuilder:
             image_folder: where relative image paths are resolved.
             concurrency: hallucinator calls in flight at once.
             batch_size: rows read, hallucinated and distorted per step.
+            image_limits: the byte and pixel caps for image files and cells, and whether
+                paths must stay inside ``image_folder`` (:class:`povidgen.sources.images.
+                ImageLimits`; its defaults when ``None``). A row over a limit is a
+                ``RowError`` of stage ``image``.
 
         Raises:
             MissingColumnError: a named column is not in the dataset (the message lists those
@@ -204,6 +211,7 @@ class PairBuilder:
             image_folder=image_folder,
             concurrency=concurrency,
             batch_size=batch_size,
+            image_limits=image_limits or DEFAULT_LIMITS,
         )
 
     def iter_results(
@@ -377,7 +385,9 @@ class PairBuilder:
             return fail("input", InvalidExampleError("prompt is empty besides <image>"))
 
         try:
-            source = open_image(row[self.image_column], image_folder=self.image_folder)
+            source = open_image(
+                row[self.image_column], image_folder=self.image_folder, limits=self.image_limits
+            )
         except PovidgenError as error:
             return fail("image", error)
         example = Example(
