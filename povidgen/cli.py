@@ -8,11 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import shutil
 import sys
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 import datasets
 from tqdm import tqdm
@@ -21,6 +22,7 @@ from povidgen import __version__
 from povidgen.distort.base import Distorter
 from povidgen.errors import PovidgenError
 from povidgen.pairs.builder import PairBuilder
+from povidgen.pairs.output import OutputFolder
 from povidgen.redact import scrub
 from povidgen.registry import (
     available_distorters,
@@ -39,7 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (0 ok, 1 no pairs built, 2 bad input,
     3 stopped early: bad credentials, exhausted quota or the cost cap; 130 train interrupted)."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except _UsageError as error:
+        print(f"povidgen: error: {error}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -52,8 +58,46 @@ def main(argv: Sequence[str] | None = None) -> int:
     return code
 
 
+class _UsageError(Exception):
+    """A mistake on the command line, reported by :func:`main` on one line (exit code 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (``povidgen: error: ...``), not usage plus error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _bounded(
+    kind: type[int] | type[float], low: float | None = None, high: float | None = None
+) -> Callable[[str], Any]:
+    """An argparse type: a number of ``kind`` in ``[low, high]``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {'an integer' if kind is int else 'a number'}"
+            ) from None
+        if not math.isfinite(value) or (low is not None and value < low):
+            raise argparse.ArgumentTypeError(f"{text} is less than {low}")
+        if high is not None and value > high:
+            raise argparse.ArgumentTypeError(f"{text} is more than {high}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+_COUNT = _bounded(int, 1)
+_POSITIVE = _bounded(float, 1e-12)
+_SEED = _bounded(int, 0, 2**63 - 1)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="povidgen", description="Make POVID-style preference pairs for vision-language models."
     )
     parser.add_argument("--version", action="version", version=f"povidgen {__version__}")
@@ -84,8 +128,10 @@ def _parser() -> argparse.ArgumentParser:
         help="where relative image paths point (default: the dataset file's folder)",
     )
     build.add_argument("--split", default=None, help="the split of a saved DatasetDict")
-    build.add_argument("--seed", type=int, default=0, metavar="N")
-    build.add_argument("--limit", type=int, default=None, metavar="N", help="first N rows only")
+    build.add_argument("--seed", type=_SEED, default=0, metavar="N")
+    build.add_argument(
+        "--limit", type=_bounded(int, 0), default=None, metavar="N", help="first N rows only"
+    )
     build.add_argument(
         "--provider",
         "--hallucinator",
@@ -100,7 +146,7 @@ def _parser() -> argparse.ArgumentParser:
         "--base-url", default=None, metavar="URL", help="an OpenAI-compatible server"
     )
     build.add_argument(
-        "--max-cost", type=float, default=None, metavar="USD", help="stop before spending more"
+        "--max-cost", type=_POSITIVE, default=None, metavar="USD", help="stop before spending more"
     )
     build.add_argument(
         "--batch",
@@ -111,15 +157,20 @@ def _parser() -> argparse.ArgumentParser:
         "--batch-dir", type=Path, default=None, metavar="DIR", help="where batch state is kept"
     )
     build.add_argument(
+        "--allow-empty",
+        action="store_true",
+        help="with --overwrite, replace an earlier output even when no pair was built",
+    )
+    build.add_argument(
         "--max-image-bytes",
-        type=int,
+        type=_COUNT,
         default=None,
         metavar="N",
         help="refuse image files larger than this (default 64 MiB)",
     )
     build.add_argument(
         "--max-image-pixels",
-        type=int,
+        type=_COUNT,
         default=None,
         metavar="N",
         help="refuse images of more pixels than this (default 64,000,000)",
@@ -141,18 +192,18 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="neither read nor write the reply cache (every request is sent and paid for)",
     )
-    build.add_argument("--rpm", type=float, default=None, help="requests per minute at most")
-    build.add_argument("--tpm", type=float, default=None, help="tokens per minute at most")
+    build.add_argument("--rpm", type=_POSITIVE, default=None, help="requests per minute at most")
+    build.add_argument("--tpm", type=_POSITIVE, default=None, help="tokens per minute at most")
     build.add_argument(
         "--distorter",
         default="diffusion",
         metavar="NAME",
         help=f"registered distorter, or 'none' (installed: {', '.join(available_distorters())})",
     )
-    build.add_argument("--noise-step", type=int, default=500, metavar="T")
+    build.add_argument("--noise-step", type=_bounded(int, 0, 999), default=500, metavar="T")
     build.add_argument("--overflow", choices=["clamp", "wrap"], default="clamp")
-    build.add_argument("--demo-size", type=int, default=64, metavar="N")
-    build.add_argument("--concurrency", type=int, default=8, metavar="N")
+    build.add_argument("--demo-size", type=_COUNT, default=64, metavar="N")
+    build.add_argument("--concurrency", type=_COUNT, default=8, metavar="N")
     build.add_argument(
         "--overwrite", action="store_true", help="replace an existing povidgen output folder"
     )
@@ -161,7 +212,7 @@ def _parser() -> argparse.ArgumentParser:
     preview = commands.add_parser("preview", help="draw a contact sheet of built pairs")
     preview.add_argument("pairs", type=Path, metavar="DIR", help="a folder written by build")
     preview.add_argument("--out", type=Path, required=True, metavar="FILE.png")
-    preview.add_argument("-n", type=int, default=6, help="how many pairs (default 6)")
+    preview.add_argument("-n", type=_COUNT, default=6, help="how many pairs (default 6)")
     preview.set_defaults(run=_preview)
 
     distort = commands.add_parser("distort", help="distort one image with a registered distorter")
@@ -173,7 +224,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"one of: {', '.join(available_distorters())}",
     )
     distort.add_argument("--severity", type=int, default=None, metavar="S", help="1 (mild) to 5")
-    distort.add_argument("--seed", type=int, default=0, metavar="N")
+    distort.add_argument("--seed", type=_SEED, default=0, metavar="N")
     distort.add_argument("--out", type=Path, required=True, metavar="FILE")
     distort.set_defaults(run=_distort)
 
@@ -184,24 +235,22 @@ def _parser() -> argparse.ArgumentParser:
 def _build(args: argparse.Namespace) -> int:
     from povidgen.sources.images import ImageLimits
 
-    try:
-        limits = ImageLimits(
-            **{
-                name: value
-                for name, value in (
-                    ("max_bytes", args.max_image_bytes),
-                    ("max_pixels", args.max_image_pixels),
-                )
-                if value is not None
-            },
-            # only a folder the user named confines the paths; the dataset's own folder
-            # merely resolves relative ones
-            confine=args.image_folder is not None and not args.allow_outside_image_folder,
-        )
-    except ValueError as error:
-        flag = "--max-image-bytes" if "max_bytes" in str(error) else "--max-image-pixels"
-        raise PovidgenError(f"{flag}: {error}") from error
-    _check_output_folder(args.out, overwrite=args.overwrite)
+    limits = ImageLimits(
+        **{
+            name: value
+            for name, value in (
+                ("max_bytes", args.max_image_bytes),
+                ("max_pixels", args.max_image_pixels),
+            )
+            if value is not None
+        },
+        # only a folder the user named confines the paths; the dataset's own folder merely
+        # resolves relative ones
+        confine=args.image_folder is not None and not args.allow_outside_image_folder,
+    )
+    inputs = [p for p in (args.dataset, args.image_folder) if p is not None]
+    output = OutputFolder(args.out, overwrite=args.overwrite, inputs=inputs)
+    output.check()  # before any work; checked again when the pairs are written
     if args.demo:
         from povidgen.sources.demo import demo_dataset
 
@@ -248,15 +297,18 @@ def _build(args: argparse.Namespace) -> int:
         image_limits=limits,
     )
     tally = getattr(hallucinator, "cost", None)
-    with tqdm(total=len(dataset), unit="row", desc="building pairs") as bar:
+    with output.lock():
+        with tqdm(total=len(dataset), unit="row", desc="building pairs") as bar:
 
-        def advance(rows: int) -> None:
-            bar.update(rows)
-            if tally is not None:
-                bar.set_postfix_str(f"${tally.spent:.4f}")
+            def advance(rows: int) -> None:
+                bar.update(rows)
+                if tally is not None:
+                    bar.set_postfix_str(f"${tally.spent:.4f}")
 
-        pairs = builder.build(progress=advance)
-    _write(args.out, pairs, builder)
+            pairs = builder.build(progress=advance)
+        kept = len(pairs) == 0 and output.holds_dataset() and not args.allow_empty
+        if not kept:
+            _write(output, pairs, builder)
     report = builder.report
     print(f"rows read:    {report.rows}")
     print(f"pairs built:  {report.pairs}")
@@ -270,7 +322,13 @@ def _build(args: argparse.Namespace) -> int:
     print(f"time taken:   {report.seconds:.1f}s")
     if report.cost_usd is not None:
         print(f"cost:         ${report.cost_usd:.4f}")
-    print(f"written to:   {args.out} (errors in {args.out / 'errors.jsonl'})")
+    if kept:
+        print(
+            f"no pair was built: {args.out} keeps its earlier dataset (--allow-empty replaces "
+            "it with an empty result; -v lists every failed row)"
+        )
+    else:
+        print(f"written to:   {args.out} (errors in {args.out / 'errors.jsonl'})")
     if report.stopped is not None:
         print(f"povidgen: the run stopped early: {report.stopped}", file=sys.stderr)
         return 3
@@ -317,30 +375,18 @@ def _provider_options(args: argparse.Namespace) -> dict[str, object]:
     return options
 
 
-def _check_output_folder(out: Path, *, overwrite: bool) -> None:
-    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        return
-    if not overwrite:
-        raise PovidgenError(f"{out} exists and is not empty; pass --overwrite to replace it")
-    if not (out / "dataset_info.json").exists():
-        raise PovidgenError(
-            f"{out} is not a povidgen output folder; refusing to overwrite it with --overwrite"
-        )
-
-
-def _write(out: Path, pairs: datasets.Dataset, builder: PairBuilder) -> None:
-    """Write into a sibling temporary folder, then swap it in, so a crash never leaves a
-    half-written dataset where a good one was."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+def _write(output: OutputFolder, pairs: datasets.Dataset, builder: PairBuilder) -> None:
+    """Write into a staging folder beside the output, then swap it in (see
+    :mod:`povidgen.pairs.output`): an interrupted run never leaves a half-written dataset, and
+    an empty result is still a loadable dataset with every column."""
+    staging = output.staging()
     try:
-        pairs.save_to_disk(str(staging))
+        # one shard even for 0 rows: without a data file load_from_disk cannot open it
+        pairs.save_to_disk(str(staging), num_shards=1 if len(pairs) == 0 else None)
         with (staging / "errors.jsonl").open("w", encoding="utf-8") as handle:
             for error in builder.errors:
                 handle.write(json.dumps(error.model_dump(), ensure_ascii=False) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        output.commit(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -42,6 +42,8 @@ def load_examples_file(
         raise DatasetFormatError(f"no dataset at {path}")
     if path.is_dir():
         return _load_saved(path, split)
+    if not path.is_file():  # a FIFO or a device would block or never end
+        raise DatasetFormatError(f"{path} is neither a regular file nor a folder")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         try:
@@ -85,14 +87,33 @@ def _load_saved(path: Path, split: str | None) -> datasets.Dataset:
 
 
 def _read_json_records(path: Path) -> list[dict[str, Any]]:
-    text = path.read_text(encoding="utf-8")
+    if not path.is_file():
+        raise DatasetFormatError(f"{path} is not a regular file")
     try:
-        if path.suffix.lower() == ".jsonl":
-            records = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise DatasetFormatError(
+            f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8"
+        ) from error
+    except OSError as error:
+        raise DatasetFormatError(f"cannot read {path}: {error.strerror or error}") from error
+    records: Any
+    if path.suffix.lower() == ".jsonl":
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise DatasetFormatError(
+                    f"{path}, line {number}: not valid JSON ({error.msg}, column {error.colno})"
+                ) from error
+    else:
+        try:
             records = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise DatasetFormatError(f"{path} is not valid JSON: {error}") from error
+        except json.JSONDecodeError as error:
+            raise DatasetFormatError(f"{path} is not valid JSON: {error}") from error
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise DatasetFormatError(f"{path} must hold a list of JSON objects (one per example)")
     return records

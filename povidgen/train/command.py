@@ -93,7 +93,7 @@ def _default(name: str) -> Any:
     return DPOConfig.model_fields[name].default
 
 
-def add_parser(subcommands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(subcommands: argparse._SubParsersAction[Any]) -> None:
     """Register ``train`` on the CLI's subcommands."""
     parser = subcommands.add_parser(
         "train",

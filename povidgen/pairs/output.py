@@ -1,0 +1,201 @@
+"""The output folder of a build: povidgen replaces only what it provably wrote itself.
+
+Rules (each checked when the run starts and again at the moment of writing):
+
+* A folder is povidgen's only if it holds :data:`MARKER` (``povidgen-build.json``), which
+  povidgen writes into every output before anything else. A non-empty folder without it is
+  never written into, replaced or deleted, ``--overwrite`` or not.
+* The output is never an input: not the dataset folder, not inside it, not holding it.
+* ``--out`` must not be a symbolic link (dangling or not) or a file, and its parent must be
+  writable.
+* One build at a time per folder: a lock (``fcntl.flock`` on the sibling ``.NAME.lock``) keeps a
+  second build out with a clear error.
+* The new dataset is written into a sibling staging folder (``.NAME.partial-XXXX``) and swapped
+  in with one ``renameat2(RENAME_EXCHANGE)`` system call where the kernel has it, so at every
+  instant ``--out`` holds a loadable dataset, the old or the new. (Elsewhere two renames; a run
+  killed between them is repaired by the next one, which puts the old folder back.) Staging and
+  old folders of dead runs are removed by the next run, and only those holding the marker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from povidgen.errors import PovidgenError
+
+__all__ = ["MARKER", "OutputFolder", "OutputFolderError"]
+
+MARKER = "povidgen-build.json"
+"""The file that marks a folder as a povidgen build output."""
+
+
+class OutputFolderError(PovidgenError):
+    """The output folder cannot be used (the message says why and what to do)."""
+
+
+class OutputFolder:
+    """A build's output folder and the rules above.
+
+    Args:
+        path: ``--out``.
+        overwrite: an earlier povidgen output there may be replaced.
+        inputs: paths the build reads (the dataset, the image folder): never written.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, overwrite: bool, inputs: Sequence[Path] = ()
+    ) -> None:
+        self.path = Path(path)
+        self.overwrite = overwrite
+        self.inputs = [Path(p) for p in inputs]
+
+    # -- checks -------------------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise :class:`OutputFolderError` if writing ``path`` would break a rule."""
+        path = self.path
+        if path.is_symlink():
+            target = os.readlink(path)
+            state = "" if path.exists() else ", which does not exist"
+            raise OutputFolderError(
+                f"--out {path} is a symbolic link to {target}{state}; give a real folder"
+            )
+        if path.exists() and not path.is_dir():
+            raise OutputFolderError(f"--out {path} is a file, not a folder")
+        parent = path.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise OutputFolderError(f"--out {path}: {parent} is not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise OutputFolderError(f"--out {path}: {parent} is not writable")
+        resolved = path.resolve()
+        for source in self.inputs:
+            source = source.resolve()
+            if resolved == source or source in resolved.parents or resolved in source.parents:
+                raise OutputFolderError(
+                    f"--out {path} is, holds or lies inside the input {source}; "
+                    "choose a folder apart from the inputs"
+                )
+        if path.is_dir() and any(path.iterdir()):
+            if not (path / MARKER).is_file():
+                raise OutputFolderError(
+                    f"--out {path} exists, is not empty and is not a povidgen output folder "
+                    f"(no {MARKER}); choose a new or empty folder"
+                )
+            if not self.overwrite:
+                raise OutputFolderError(
+                    f"--out {path} holds an earlier povidgen output; pass --overwrite to replace it"
+                )
+
+    def holds_dataset(self) -> bool:
+        """Whether ``path`` holds a povidgen output now."""
+        return (self.path / MARKER).is_file()
+
+    # -- the run ------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the folder's lock for a run; a second run gets :class:`OutputFolderError`."""
+        import fcntl
+
+        parent = self.path.absolute().parent
+        parent.mkdir(parents=True, exist_ok=True)
+        lock_path = parent / f".{self.path.name}.lock"
+        handle = lock_path.open("a+")
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                if error.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                raise OutputFolderError(
+                    f"another povidgen build is writing {self.path}; wait for it to finish or "
+                    "choose another folder"
+                ) from None
+            self._repair()
+            self.check()  # the repair may have put an earlier output back
+            yield
+        finally:
+            handle.close()
+
+    def staging(self) -> Path:
+        """A new sibling staging folder that already holds the marker."""
+        parent = self.path.absolute().parent
+        folder = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=parent))
+        os.chmod(folder, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs follow the umask
+        marker = {"povidgen": _version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        (folder / MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+        return folder
+
+    def commit(self, staging: Path) -> None:
+        """Swap ``staging`` in for ``path`` (the rules are checked once more first)."""
+        self.check()
+        path = self.path
+        if not path.exists():
+            os.rename(staging, path)
+            return
+        if _exchange(staging, path):
+            shutil.rmtree(staging)  # it now holds the old output
+            return
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.absolute().parent))
+        os.rmdir(old)
+        os.rename(path, old)
+        os.rename(staging, path)
+        shutil.rmtree(old)
+
+    def _repair(self) -> None:
+        """Under the lock: put back an output a killed run took away, and remove the staging
+        and old folders of dead runs (only those holding the marker)."""
+        parent = self.path.absolute().parent
+        name = self.path.name
+        olds = sorted(parent.glob(f".{name}.old-*"), key=lambda p: p.stat().st_mtime)
+        if not self.path.exists() and olds and (olds[-1] / MARKER).is_file():
+            os.rename(olds[-1], self.path)
+        for stale in [*parent.glob(f".{name}.partial-*"), *parent.glob(f".{name}.old-*")]:
+            if stale.is_dir() and not stale.is_symlink() and (stale / MARKER).is_file():
+                shutil.rmtree(stale, ignore_errors=True)
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths atomically (Linux ``renameat2(RENAME_EXCHANGE)``); ``False`` where the
+    system call is not available."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange)
+    if result == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False  # the kernel or the file system cannot exchange
+    raise OSError(code, os.strerror(code), str(second))
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where the system allows."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere: set and restore at once
+    os.umask(mask)
+    return mask
+
+
+def _version() -> str:
+    from povidgen import __version__
+
+    return __version__
