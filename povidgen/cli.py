@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -39,7 +40,8 @@ logger = logging.getLogger("povidgen")
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (0 ok, 1 no pairs built, 2 bad input,
-    3 stopped early: bad credentials, exhausted quota or the cost cap; 130 train interrupted)."""
+    3 stopped early: bad credentials, exhausted quota, the cost cap or a dead endpoint;
+    130 interrupted with Ctrl-C)."""
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -55,6 +57,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PovidgenError as error:
         print(f"povidgen: error: {scrub(str(error))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # what was written stays (a build's old output is untouched until the swap)
+        print(f"\npovidgen: {args.command} interrupted", file=sys.stderr)
+        return 130
     return code
 
 
@@ -91,8 +97,19 @@ def _bounded(
     return parse
 
 
+def _positive(text: str) -> float:
+    """An argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a number > 0")
+    return value
+
+
 _COUNT = _bounded(int, 1)
-_POSITIVE = _bounded(float, 1e-12)
+_POSITIVE = _positive
 _SEED = _bounded(int, 0, 2**63 - 1)
 
 
@@ -277,9 +294,14 @@ def _build(args: argparse.Namespace) -> int:
         distorter = get_distorter(
             args.distorter, **(options if args.distorter == "diffusion" else {})
         )
+    if args.provider == "transformers" and (args.model is None or not Path(args.model).is_dir()):
+        raise PovidgenError(
+            f"--model {args.model}: the transformers provider needs a local model folder "
+            "(nothing is downloaded)"
+        )
     try:
         hallucinator = get_hallucinator(args.provider, **_provider_options(args))
-    except (ValueError, TypeError, ImportError) as error:  # settings, keys, missing extras
+    except (ValueError, TypeError, ImportError, OSError) as error:  # settings, keys, extras
         raise PovidgenError(f"cannot set up the {args.provider!r} provider: {error}") from error
     builder = PairBuilder.from_dataset(
         dataset,
@@ -308,7 +330,10 @@ def _build(args: argparse.Namespace) -> int:
             pairs = builder.build(progress=advance)
         kept = len(pairs) == 0 and output.holds_dataset() and not args.allow_empty
         if not kept:
-            _write(output, pairs, builder)
+            try:
+                _write(output, pairs, builder)
+            except OSError as error:  # a full disk, a folder removed under the run
+                raise PovidgenError(f"cannot write {args.out}: {error}") from error
     report = builder.report
     print(f"rows read:    {report.rows}")
     print(f"pairs built:  {report.pairs}")
@@ -396,6 +421,8 @@ def _preview(args: argparse.Namespace) -> int:
     from povidgen.errors import DatasetFormatError
     from povidgen.preview import save_preview
 
+    _check_image_out(args.out)
+
     try:
         pairs = datasets.load_from_disk(str(args.pairs))
     except FileNotFoundError as error:
@@ -410,9 +437,22 @@ def _preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_image_out(out: Path) -> None:
+    """An image file to write: not a folder, a link or a device; its folder writable."""
+    if out.is_symlink() or (out.exists() and not out.is_file()):
+        raise PovidgenError(f"--out {out} is not a plain file path (a folder or a link?)")
+    parent = out.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise PovidgenError(f"--out {out}: {parent} is not a writable folder")
+
+
 def _distort(args: argparse.Namespace) -> int:
     from povidgen.errors import ImageError
     from povidgen.sources.images import read_image_file
+
+    _check_image_out(args.out)
 
     options = {} if args.severity is None else {"severity": args.severity}
     try:

@@ -222,3 +222,21 @@ def test_check_errors_are_output_folder_errors(tmp_path: Path) -> None:
     folder = user_folder(tmp_path / "x")
     with pytest.raises(OutputFolderError, match="not a povidgen output folder"):
         OutputFolder(folder, overwrite=True).check()
+
+
+def test_ctrl_c_exits_130_without_a_traceback_and_keeps_the_old_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "out"
+    assert build_demo(out) == 0
+
+    def interrupted(self: PairBuilder, **kwargs: Any) -> datasets.Dataset:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(PairBuilder, "build", interrupted)
+    capsys.readouterr()
+    assert build_demo(out, "--overwrite") == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "povidgen: build interrupted" in err
+    assert loadable(out) == 4

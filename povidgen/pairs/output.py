@@ -109,9 +109,14 @@ class OutputFolder:
         import fcntl
 
         parent = self.path.absolute().parent
-        parent.mkdir(parents=True, exist_ok=True)
         lock_path = parent / f".{self.path.name}.lock"
-        handle = lock_path.open("a+")
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            handle = lock_path.open("a+")
+        except OSError as error:
+            raise OutputFolderError(
+                f"--out {self.path}: cannot create {lock_path}: {error.strerror or error}"
+            ) from error
         try:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
