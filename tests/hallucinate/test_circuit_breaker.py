@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,12 +22,6 @@ def dead_url() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"http://127.0.0.1:{port}/v1"
-
-
-@pytest.fixture(scope="module")
-def running() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer() as server:
-        yield server
 
 
 def test_a_dead_endpoint_stops_a_2000_row_run_quickly(tmp_path: Path) -> None:
@@ -65,17 +58,14 @@ def test_the_cli_exits_3_naming_the_url(
     assert "Traceback" not in err
 
 
-def test_answers_reset_the_count(running: FakeLLMServer, tmp_path: Path) -> None:
+def test_answers_reset_the_count(server: FakeLLMServer, tmp_path: Path) -> None:
     """Dropped connections between answered requests never trip it."""
-    pattern = ["drop", None] * 12
-    running.faults = pattern
-    running.requests.clear()
-    hallucinator = make("openai", running, max_connection_failures=2, cache_dir=tmp_path)
+    server.faults = ["drop", None] * 12
+    hallucinator = make("openai", server, max_connection_failures=2, cache_dir=tmp_path)
     options: dict[str, Any] = {"concurrency": 1}
     builder = PairBuilder.from_dataset(
         rows(8), hallucinator=hallucinator, id_column="id", **options
     )
     pairs = builder.build()
-    running.faults = None
     assert hallucinator.stopped is None
     assert len(pairs) == 8

@@ -8,7 +8,6 @@ import io
 import itertools
 import json
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,21 +24,6 @@ from tests.fakes.llm_server import FakeLLMServer
 
 SECRET = "sk-test-never-print-me-4242"
 ALL_FAULTS = ["429", "500", "529", "slow", "drop", "malformed", "refusal", "identical"]
-
-
-@pytest.fixture(scope="module")
-def running() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer(retry_after=0.3, slow_seconds=1.5) as server:
-        yield server
-
-
-@pytest.fixture
-def server(running: FakeLLMServer) -> FakeLLMServer:
-    running.faults = None
-    running.latency = 0.0
-    running.rate_limit_rpm = None
-    running.requests.clear()
-    return running
 
 
 def make(provider: str, server: FakeLLMServer, **options: Any) -> LLMHallucinator:

@@ -5,7 +5,6 @@ keeps what it received, and anything that changes the request misses."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +15,6 @@ from povidgen.hallucinate.pricing import Usage
 from povidgen.hallucinate.prompts import PromptConfig
 from tests.fakes.llm_server import FakeLLMServer
 from tests.hallucinate.test_providers import SECRET, build, make
-
-
-@pytest.fixture(scope="module")
-def running() -> Iterator[FakeLLMServer]:
-    with FakeLLMServer(retry_after=0.3, slow_seconds=1.5) as server:
-        yield server
-
-
-@pytest.fixture
-def server(running: FakeLLMServer) -> FakeLLMServer:
-    running.faults = None
-    running.latency = 0.0
-    running.rate_limit_rpm = None
-    running.requests.clear()
-    return running
 
 
 def test_put_and_get_survive_a_new_process_handle(tmp_path: Path) -> None:
