@@ -16,7 +16,9 @@ the same loss curve as an uninterrupted run (on CPU in fp32, bit for bit). Metri
 every ``logging_steps`` steps to ``metrics.jsonl`` with TRL's names.
 
 Under ``torchrun`` (``torch.distributed`` initialised) the policy forward is wrapped in
-``DistributedDataParallel`` and each rank reads its own slice of every global batch.
+``DistributedDataParallel`` (``distributed="ddp"``) or sharded with FSDP2
+(``distributed="fsdp"``: ``fully_shard`` on every decoder layer and on the policy module as
+the root), and each rank reads its own slice of every global batch.
 """
 
 from __future__ import annotations
