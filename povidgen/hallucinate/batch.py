@@ -1,19 +1,28 @@
-"""Batch mode: half-price provider batch APIs, submitted once and resumed after interruption.
+"""Batch mode: half-price provider batch APIs, chunked to the providers' limits and resumable.
 
-For a set of examples, :func:`run_batch`:
+For a set of examples, :func:`run_batches`:
 
-1. builds one request per example (the same request the live path sends) with a ``custom_id``
+1. takes one request per example (the same request the live path sends) with a ``custom_id``
    derived from the example id;
-2. looks for a state file named after a hash of the provider, model, prompt and requests in
-   ``batch_dir``; if one exists, the batch was already submitted, and the run resumes polling
-   that batch instead of submitting again;
-3. otherwise submits the batch and writes the state file (atomically) before polling;
-4. polls until the provider reports the batch finished, downloads the results, joins them to
-   the examples on ``custom_id``, and verifies every reply exactly as a live reply is verified.
+2. splits them, in input order, into chunks that each fit one provider batch: at most
+   :attr:`BatchBackend.max_requests` requests and :attr:`BatchBackend.max_bytes` bytes of
+   uploaded JSONL (OpenAI: 50,000 requests / 200 MB a file; Anthropic: 100,000 / 256 MB). A
+   single request over the byte limit is not submitted: it becomes that row's
+   :class:`~povidgen.ProviderError`;
+3. for each chunk, looks for a state file named after a hash of the provider, model, prompt and
+   the chunk's requests in ``state_dir``; if one exists, that chunk was already submitted and
+   the run resumes polling it instead of submitting again; otherwise it submits the chunk and
+   writes the state file (atomically) before polling. Every chunk is submitted before any is
+   polled, so they run at the provider side by side;
+4. polls the chunks until each is finished, logging progress (``povidgen`` logger, INFO),
+   downloads and joins each chunk's results on ``custom_id`` and then removes its state file;
+5. submits the requests the provider reported as expired or as failed with a transient fault
+   (5xx, 429 rate limit, overloaded) again, in new chunks, at most ``retries`` times.
 
-A reply that fails verification, or a request the provider reports as errored or expired,
-becomes that example's :class:`~povidgen.HallucinationError` / :class:`~povidgen.ProviderError`
-(and so a per-row error record): a batch is not retried row by row.
+A request that is still failing after that, or that failed for good (a 4xx, an exhausted quota),
+becomes that example's :class:`~povidgen.ProviderError` (and so a per-row error record); the
+caller verifies every reply exactly as a live reply is verified, and a reply that fails
+verification is not retried here.
 """
 
 from __future__ import annotations
@@ -23,19 +32,41 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from povidgen.errors import ProviderError
+from povidgen.errors import ProviderError, RunStoppedError
 from povidgen.hallucinate.pricing import Usage
 from povidgen.schema import Example
 
-__all__ = ["BatchBackend", "BatchItem", "run_batch"]
+__all__ = [
+    "PROVIDER_LIMITS",
+    "BatchBackend",
+    "BatchItem",
+    "BatchResult",
+    "is_retryable",
+    "run_batches",
+    "split_chunks",
+]
 
 logger = logging.getLogger("povidgen")
+
+BatchResult = tuple[str, Usage] | ProviderError
+"""One request's outcome: (reply text, usage), or the error of that request."""
+
+PROVIDER_LIMITS: dict[str, tuple[int, int]] = {
+    "openai": (50_000, 200 * 2**20),  # requests and bytes of one batch input file
+    "anthropic": (100_000, 256 * 2**20),  # requests and bytes of one batch create request
+}
+"""Each provider's documented size of one batch: ``(requests, bytes)``."""
+
+_DEFAULT_LIMITS = PROVIDER_LIMITS["openai"]
+_PROGRESS_EVERY = 60.0  # seconds between "still polling" progress lines
 
 
 class BatchItem:
@@ -50,9 +81,34 @@ class BatchItem:
 
 
 class BatchBackend(ABC):
-    """What a provider's batch API must offer (see the providers' ``_batch_backend``)."""
+    """What a provider's batch API must offer (see the providers' ``_batch_backend``).
+
+    :attr:`max_requests` and :attr:`max_bytes` are the size of one provider batch; ``None``
+    (the default) means the provider's documented limit from :data:`PROVIDER_LIMITS`. Set them
+    on a backend class (or on :class:`BatchBackend` itself) to use smaller chunks.
+    """
 
     provider: str
+    max_requests: int | None = None
+    max_bytes: int | None = None
+
+    def limits(self) -> tuple[int, int]:
+        """``(requests, bytes)`` one batch of this backend may hold."""
+        requests, size = PROVIDER_LIMITS.get(self.provider, _DEFAULT_LIMITS)
+        return (
+            self.max_requests if self.max_requests is not None else requests,
+            self.max_bytes if self.max_bytes is not None else size,
+        )
+
+    def request_bytes(self, item: BatchItem) -> int:
+        """The bytes ``item`` adds to an upload: its JSONL line (an OpenAI-shaped wrapper)."""
+        line = {
+            "custom_id": item.custom_id,
+            "method": "POST",
+            "url": "/v1/chat/completions",
+            "body": item.request,
+        }
+        return len(json.dumps(line).encode("utf-8")) + 1
 
     @abstractmethod
     async def submit(self, items: Sequence[BatchItem]) -> str:
@@ -63,7 +119,7 @@ class BatchBackend(ABC):
         """Whether the batch has finished (completed, ended, expired or cancelled)."""
 
     @abstractmethod
-    async def results(self, batch_id: str) -> dict[str, tuple[str, Usage] | ProviderError]:
+    async def results(self, batch_id: str) -> dict[str, BatchResult]:
         """``custom_id`` -> (reply text, usage), or the error of that request."""
 
 
@@ -83,33 +139,266 @@ def batch_key(provider: str, model: str, fingerprint: str, items: Sequence[Batch
     return digest.hexdigest()[:32]
 
 
-async def run_batch(
+def split_chunks(
+    items: Sequence[BatchItem], backend: BatchBackend
+) -> tuple[list[list[BatchItem]], dict[str, ProviderError]]:
+    """Split ``items``, in order, into chunks within ``backend``'s limits.
+
+    Returns the chunks and, by ``custom_id``, the errors of the requests that are larger than a
+    whole batch may be (they are in no chunk). The same items and limits give the same chunks.
+    """
+    max_requests, max_bytes = backend.limits()
+    if max_requests < 1 or max_bytes < 1:
+        raise ValueError(f"batch limits must be positive, got {(max_requests, max_bytes)!r}")
+    chunks: list[list[BatchItem]] = []
+    oversized: dict[str, ProviderError] = {}
+    chunk: list[BatchItem] = []
+    size = 0
+    for item in items:
+        item_bytes = backend.request_bytes(item)
+        if item_bytes > max_bytes:
+            oversized[item.custom_id] = ProviderError(
+                f"the request is {item_bytes} bytes, over the {backend.provider} batch limit of "
+                f"{max_bytes} bytes; it was not submitted"
+            )
+            continue
+        if chunk and (len(chunk) >= max_requests or size + item_bytes > max_bytes):
+            chunks.append(chunk)
+            chunk, size = [], 0
+        chunk.append(item)
+        size += item_bytes
+    if chunk:
+        chunks.append(chunk)
+    return chunks, oversized
+
+
+_RETRYABLE_MARKERS = (
+    "expired",
+    "server_error",
+    "api_error",
+    "internal_error",
+    "overloaded",
+    "rate_limit",
+    "timeout",
+    "timed out",
+)
+_PERMANENT_MARKERS = ("quota", "billing", "credit balance", "canceled", "cancelled")
+_RETRYABLE_STATUS = re.compile(r"status_code['\"]?\s*[:=]\s*(?:408|429|5\d\d)\b")
+
+
+def is_retryable(error: ProviderError) -> bool:
+    """Whether a batch item's error is worth submitting again: expired, 5xx, 429, overloaded.
+
+    Batch results carry the provider's error body, not an exception, so this reads its text
+    (OpenAI: ``batch_expired``, ``server_error``, ``rate_limit_exceeded``; Anthropic:
+    ``expired``, ``api_error``, ``overloaded_error``, ``rate_limit_error``). An exhausted quota
+    or billing error is not retried.
+    """
+    if isinstance(error, RunStoppedError):
+        return False
+    text = str(error).lower()
+    if any(marker in text for marker in _PERMANENT_MARKERS):
+        return False
+    return any(marker in text for marker in _RETRYABLE_MARKERS) or bool(
+        _RETRYABLE_STATUS.search(text)
+    )
+
+
+class _Chunk:
+    """One provider batch of a run: its requests, state file and batch id."""
+
+    __slots__ = ("batch_id", "items", "state_path")
+
+    def __init__(self, items: list[BatchItem], state_path: Path) -> None:
+        self.items = items
+        self.state_path = state_path
+        self.batch_id: str | None = None
+
+
+async def run_batches(
     backend: BatchBackend,
     items: Sequence[BatchItem],
     *,
     state_dir: Path,
-    key: str,
+    key: Callable[[Sequence[BatchItem]], str],
     poll_interval: float,
-) -> dict[str, tuple[str, Usage] | ProviderError]:
-    """Submit (or resume) the batch for ``items`` and return its results by ``custom_id``."""
+    retries: int = 2,
+    on_error: Callable[[Exception], ProviderError] | None = None,
+    on_results: Callable[[Mapping[str, BatchResult]], None] | None = None,
+) -> dict[str, BatchResult]:
+    """Submit (or resume) ``items`` in provider-sized chunks; return the results by ``custom_id``.
+
+    ``key`` names a chunk's state file from its items (see :func:`batch_key`). A chunk whose
+    submission, polling or download raises gets ``on_error(exception)`` (default: a
+    :class:`~povidgen.ProviderError` naming it) for each of its rows; when that is a
+    :class:`~povidgen.RunStoppedError`, the chunks not yet submitted are not submitted. A chunk
+    that could not be polled or downloaded keeps its state file, so a rerun resumes it.
+    ``on_results`` sees each chunk's results as soon as they are joined (before its state
+    file is removed), so a caller can keep them even if a later chunk never finishes.
+    """
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise ValueError(f"retries must be an int >= 0, got {retries!r}")
+    describe = on_error or _default_error
     state_dir.mkdir(parents=True, exist_ok=True)
-    state_path = state_dir / f"{backend.provider}-{key}.json"
-    if state_path.exists():
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-        batch_id = str(state["batch_id"])
-        logger.info("resuming %s batch %s (state %s)", backend.provider, batch_id, state_path)
-    else:
-        batch_id = await backend.submit(items)
-        _write_atomically(
-            state_path,
-            {"batch_id": batch_id, "provider": backend.provider, "requests": len(items)},
+    results: dict[str, BatchResult] = {}
+    pending = list(items)
+    for round_number in range(retries + 1):
+        chunks, oversized = split_chunks(pending, backend)
+        results.update(oversized)
+        if not chunks:
+            break
+        round_results = await _run_round(
+            backend,
+            [
+                _Chunk(chunk, state_dir / f"{backend.provider}-{key(chunk)}.json")
+                for chunk in chunks
+            ],
+            poll_interval=poll_interval,
+            describe=describe,
+            on_results=on_results,
         )
+        results.update(round_results)
+        if any(isinstance(found, RunStoppedError) for found in round_results.values()):
+            break  # the run was stopped (a fatal error): nothing more is submitted
+        retry = [
+            item
+            for chunk in chunks
+            for item in chunk
+            if isinstance(found := round_results.get(item.custom_id), ProviderError)
+            and is_retryable(found)
+        ]
+        if not retry or round_number == retries:
+            break
         logger.info(
-            "submitted %s batch %s with %d requests", backend.provider, batch_id, len(items)
+            "submitting %d expired or failed %s batch requests again (retry %d of %d)",
+            len(retry),
+            backend.provider,
+            round_number + 1,
+            retries,
         )
-    while not await backend.poll(batch_id):
-        await asyncio.sleep(poll_interval)
-    return await backend.results(batch_id)
+        pending = retry
+    return results
+
+
+async def _run_round(
+    backend: BatchBackend,
+    chunks: list[_Chunk],
+    *,
+    poll_interval: float,
+    describe: Callable[[Exception], ProviderError],
+    on_results: Callable[[Mapping[str, BatchResult]], None] | None,
+) -> dict[str, BatchResult]:
+    """Submit or resume every chunk, then poll them all and join each as it finishes."""
+    results: dict[str, BatchResult] = {}
+
+    def fail(chunk: _Chunk, error: ProviderError) -> None:
+        for item in chunk.items:
+            results[item.custom_id] = error
+
+    stopped: ProviderError | None = None
+    running: list[_Chunk] = []
+    for chunk in chunks:
+        if stopped is not None:
+            fail(chunk, type(stopped)(f"not attempted: {stopped}"))
+            continue
+        try:
+            await _submit_or_resume(backend, chunk)
+        except Exception as error:  # noqa: BLE001 - a failed chunk fails each of its rows
+            failure = describe(error)
+            fail(chunk, failure)
+            if isinstance(failure, RunStoppedError):
+                stopped = failure
+            continue
+        running.append(chunk)
+
+    total_chunks = len(running)
+    total_requests = sum(len(chunk.items) for chunk in running)
+    done_chunks = done_requests = 0
+    last_report = time.monotonic()
+    while running:
+        still: list[_Chunk] = []
+        for chunk in running:
+            assert chunk.batch_id is not None
+            finished = False
+            try:
+                finished = await backend.poll(chunk.batch_id)
+                if not finished:
+                    still.append(chunk)
+                    continue
+                found = await backend.results(chunk.batch_id)
+            except ProviderError as error:
+                if finished:  # the batch is over, with nothing to join: resuming it won't help
+                    chunk.state_path.unlink(missing_ok=True)
+                fail(chunk, describe(error))
+            except Exception as error:  # noqa: BLE001 - its state is kept: a rerun resumes it
+                fail(chunk, describe(error))
+            else:
+                joined = {item.custom_id: _joined(found, item) for item in chunk.items}
+                if on_results is not None:
+                    on_results(joined)
+                results.update(joined)
+                chunk.state_path.unlink(missing_ok=True)
+            done_chunks += 1
+            done_requests += len(chunk.items)
+            last_report = time.monotonic()
+            logger.info(
+                "%s batch %s finished: %d of %d chunks, %d of %d requests done",
+                backend.provider,
+                chunk.batch_id,
+                done_chunks,
+                total_chunks,
+                done_requests,
+                total_requests,
+            )
+        running = still
+        if running:
+            if time.monotonic() - last_report >= _PROGRESS_EVERY:
+                last_report = time.monotonic()
+                logger.info(
+                    "polling %d %s batches: %d of %d chunks, %d of %d requests done",
+                    len(running),
+                    backend.provider,
+                    done_chunks,
+                    total_chunks,
+                    done_requests,
+                    total_requests,
+                )
+            await asyncio.sleep(poll_interval)
+    return results
+
+
+async def _submit_or_resume(backend: BatchBackend, chunk: _Chunk) -> None:
+    if chunk.state_path.exists():
+        state = json.loads(chunk.state_path.read_text(encoding="utf-8"))
+        chunk.batch_id = str(state["batch_id"])
+        logger.info(
+            "resuming %s batch %s (state %s)", backend.provider, chunk.batch_id, chunk.state_path
+        )
+        return
+    chunk.batch_id = await backend.submit(chunk.items)
+    _write_atomically(
+        chunk.state_path,
+        {"batch_id": chunk.batch_id, "provider": backend.provider, "requests": len(chunk.items)},
+    )
+    logger.info(
+        "submitted %s batch %s with %d requests",
+        backend.provider,
+        chunk.batch_id,
+        len(chunk.items),
+    )
+
+
+def _joined(found: Mapping[str, BatchResult], item: BatchItem) -> BatchResult:
+    reply = found.get(item.custom_id)
+    if reply is None:
+        return ProviderError("the batch returned no result for this request")
+    return reply
+
+
+def _default_error(error: Exception) -> ProviderError:
+    if isinstance(error, ProviderError):
+        return error
+    return ProviderError(f"batch failed: {type(error).__name__}: {error}")
 
 
 def _write_atomically(path: Path, payload: dict[str, Any]) -> None:

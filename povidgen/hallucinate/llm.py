@@ -30,7 +30,7 @@ import logging
 import os
 import time
 from abc import abstractmethod
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -45,7 +45,14 @@ from povidgen.errors import (
     RunStoppedError,
 )
 from povidgen.hallucinate.base import HallucinationResult, Hallucinator
-from povidgen.hallucinate.batch import BatchBackend, BatchItem, batch_key, custom_id_for, run_batch
+from povidgen.hallucinate.batch import (
+    BatchBackend,
+    BatchItem,
+    BatchResult,
+    batch_key,
+    custom_id_for,
+    run_batches,
+)
 from povidgen.hallucinate.cache import ReplyCache
 from povidgen.hallucinate.pricing import CostTracker, ModelPrice, Usage, cost_usd, estimate_tokens
 from povidgen.hallucinate.prompts import (
@@ -297,6 +304,9 @@ class LLMHallucinator(Hallucinator):
                 on_result(index, result)
         return results
 
+    batch_retries: int = 2
+    """How many times batch requests that expired or hit a transient fault are submitted again."""
+
     async def _run_batch(self, examples: Sequence[Example]) -> list[HallucinationResult]:
         if self._stopped is not None:
             stopped = type(self._stopped)(f"not attempted: {self._stopped}")
@@ -325,7 +335,7 @@ class LLMHallucinator(Hallucinator):
             cost_usd(
                 self.model,
                 Usage(
-                    input_tokens=estimate_tokens(json.dumps(item.request)),
+                    input_tokens=self._batch_input_tokens(item.request),
                     output_tokens=self.max_output_tokens,
                 ),
                 batch=True,
@@ -342,22 +352,38 @@ class LLMHallucinator(Hallucinator):
             )
             assert self._stopped is not None
             return [self._stopped for _ in examples]
-        key = batch_key(self.provider, self.model, prompt_fingerprint(self.prompt), items)
-        try:
-            replies = await run_batch(
-                self._batch_backend(),
-                items,
-                state_dir=self.batch_dir,
-                key=key,
-                poll_interval=self.poll_interval,
-            )
-        except Exception as error:  # noqa: BLE001 - a failed batch fails each of its rows
+        fingerprint = prompt_fingerprint(self.prompt)
+
+        def failed(error: Exception) -> ProviderError:
+            if isinstance(error, ProviderError):
+                return error
             if is_fatal(error):
                 self._stop(ProviderFatalError(_describe(self.provider, error)))
                 assert self._stopped is not None
-                failure: ProviderError = self._stopped
-            else:
-                failure = ProviderError(f"batch failed: {_describe(self.provider, error)}")
+                return self._stopped
+            return ProviderError(f"batch failed: {_describe(self.provider, error)}")
+
+        def keep(joined: Mapping[str, BatchResult]) -> None:
+            # into the reply cache as each chunk is joined: a crash later loses none of them
+            if cache is None:
+                return
+            for custom_id, reply in joined.items():
+                if not isinstance(reply, ProviderError):
+                    cache.put(keys[custom_id], *reply)
+
+        try:
+            replies = await run_batches(
+                self._batch_backend(),
+                items,
+                state_dir=self.batch_dir,
+                key=lambda chunk: batch_key(self.provider, self.model, fingerprint, chunk),
+                poll_interval=self.poll_interval,
+                retries=self.batch_retries,
+                on_error=failed,
+                on_results=keep,
+            )
+        except Exception as error:  # noqa: BLE001 - a failed batch fails each of its rows
+            failure = failed(error)
             return [failure for _ in examples]
         finally:
             self.cost.release(estimate)
@@ -374,11 +400,33 @@ class LLMHallucinator(Hallucinator):
             if isinstance(reply, ProviderError):
                 results.append(reply)
                 continue
-            text, usage = reply
-            if cache is not None:
-                cache.put(keys[custom_id], text, usage)
-            results.append(self._verified(example, text, usage, batch=True))
+            results.append(self._verified(example, *reply, batch=True))
         return results
+
+    def _batch_input_tokens(self, request: dict[str, Any]) -> int:
+        """The input tokens of a batch request, an image counted as :attr:`image_tokens`.
+
+        The request carries each image as base64 text, many times the tokens the provider
+        bills for it, so images are taken out before the text is counted.
+        """
+        images = 0
+
+        def strip(value: Any) -> Any:
+            nonlocal images
+            if isinstance(value, str) and value.startswith("data:image/"):
+                images += 1
+                return ""
+            if isinstance(value, dict):
+                if value.get("type") == "base64" and "data" in value:  # an Anthropic image
+                    images += 1
+                    return {k: v for k, v in value.items() if k != "data"}
+                return {k: strip(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [strip(v) for v in value]
+            return value
+
+        text = json.dumps(strip(request))
+        return estimate_tokens(text, images=images, tokens_per_image=self.image_tokens)
 
     def _verified(
         self, example: Example, text: str, usage: Usage, *, batch: bool | None

@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
+from PIL import Image
 
 from povidgen import PairBuilder
 from povidgen.hallucinate.anthropic_api import AnthropicHallucinator
-from povidgen.hallucinate.llm import LLMHallucinator
+from povidgen.hallucinate.batch import (
+    BatchBackend,
+    BatchItem,
+    BatchResult,
+    custom_id_for,
+    split_chunks,
+)
+from povidgen.hallucinate.llm import LLMHallucinator, _data_url
 from povidgen.hallucinate.openai_api import OpenAIHallucinator
+from povidgen.hallucinate.pricing import estimate_tokens
+from povidgen.schema import Example
 from povidgen.sources.demo import demo_dataset
 from tests.fakes.llm_server import FakeLLMServer
 
@@ -71,8 +84,6 @@ def test_a_batch_run_verifies_and_costs_half(
 
 
 def test_failed_items_become_row_errors(server: FakeLLMServer, tmp_path: Path) -> None:
-    from povidgen.hallucinate.batch import custom_id_for
-
     server.batch_item_faults = {
         custom_id_for("demo-0001"): "500",
         custom_id_for("demo-0002"): "identical",
@@ -146,3 +157,249 @@ def test_a_rerun_in_batch_mode_submits_only_uncached_requests(
     assert server.batches_created["openai"] == 1  # every reply came from the cache
     assert builder.errors == []
     assert again.cost.spent == 0
+
+
+# -- provider-sized chunks, state per chunk, retries, progress, cost estimate -------------------
+
+
+def rejected_by_id(builder: PairBuilder) -> dict[str, str]:
+    return {pair["id"]: pair["rejected"] for pair in builder.pairs}  # type: ignore[attr-defined]
+
+
+def batch_sizes(server: FakeLLMServer, provider: str) -> list[int]:
+    """The number of requests in each batch submitted so far, in order."""
+    if provider == "openai":
+        return [len(f.content.splitlines()) for f in server.files.values() if f.purpose == "batch"]
+    return [
+        len(r.body["requests"])
+        for r in server.requests
+        if r.method == "POST" and r.path.rstrip("/").endswith("/messages/batches")
+    ]
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_chunks_split_at_the_request_limit_and_match_an_unchunked_run(
+    server: FakeLLMServer,
+    tmp_path: Path,
+    provider: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    whole = make(provider, server, tmp_path / "whole")
+    whole.use_cache = False
+    expected = rejected_by_id(build(whole))
+    assert server.batches_created[provider] == 1
+
+    monkeypatch.setattr(BatchBackend, "max_requests", 3)
+    chunked = make(provider, server, tmp_path / "chunked")
+    chunked.use_cache = False
+    with caplog.at_level(logging.INFO, logger="povidgen"):
+        builder = build(chunked)
+    assert server.batches_created[provider] == 1 + 3
+    assert batch_sizes(server, provider) == [8, 3, 3, 2]
+    assert builder.errors == []
+    assert rejected_by_id(builder) == expected
+    assert chunked.cost.spent == pytest.approx(whole.cost.spent)
+    assert list((tmp_path / "chunked").iterdir()) == []  # every chunk's state removed once joined
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("3 of 3 chunks, 8 of 8 requests done" in message for message in messages)
+
+
+def test_chunks_split_at_the_byte_limit(
+    server: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole = make("openai", server, tmp_path / "whole")
+    whole.use_cache = False
+    build(whole)
+    (upload,) = [f.content for f in server.files.values() if f.purpose == "batch"]
+    line_sizes = [len(line) + 1 for line in upload.splitlines()]
+    limit = max(line_sizes) * 3  # about three requests a batch
+    monkeypatch.setattr(BatchBackend, "max_bytes", limit)
+
+    chunked = make("openai", server, tmp_path / "chunked")
+    chunked.use_cache = False
+    builder = build(chunked)
+    assert builder.errors == []
+    uploads = [f.content for f in server.files.values() if f.purpose == "batch"][1:]
+    assert len(uploads) == server.batches_created["openai"] - 1 >= 3
+    assert all(len(content) <= limit for content in uploads)
+    assert sum(len(content.splitlines()) for content in uploads) == 8
+
+
+def test_split_chunks_keeps_input_order_and_sets_oversized_requests_aside() -> None:
+    class Limited(BatchBackend):
+        provider = "openai"
+        max_requests = 3
+        max_bytes: int | None = None
+
+        async def submit(self, items: Sequence[BatchItem]) -> str:
+            raise AssertionError
+
+        async def poll(self, batch_id: str) -> bool:
+            raise AssertionError
+
+        async def results(self, batch_id: str) -> dict[str, BatchResult]:
+            raise AssertionError
+
+    example = Example(id="x", image=Image.new("RGB", (4, 4)), prompt="q?", answer="a.")
+    backend = Limited()
+    overhead = backend.request_bytes(BatchItem("r0", example, {"text": ""}))
+    backend.max_bytes = 3 * overhead + 100
+    items = [
+        BatchItem(f"r{n}", example, {"text": "x" * size})
+        for n, size in enumerate([10, 10, 10, 90, 20, 3 * overhead + 200, 10])
+    ]
+    chunks, oversized = split_chunks(items, backend)
+    assert [[item.custom_id for item in chunk] for chunk in chunks] == [
+        ["r0", "r1", "r2"],  # closed by the request limit
+        ["r3", "r4"],  # closed by the byte limit: r6 would pass it
+        ["r6"],
+    ]
+    assert set(oversized) == {"r5"}  # larger than a whole batch: not submitted at all
+    assert "bytes" in str(oversized["r5"])
+    again, _ = split_chunks(items, backend)  # a resumed run maps to the same chunks
+    assert [[i.custom_id for i in c] for c in again] == [[i.custom_id for i in c] for c in chunks]
+
+
+def test_an_oversized_request_is_a_row_error_not_a_crash(
+    server: FakeLLMServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(BatchBackend, "max_bytes", 100)  # smaller than any request
+    builder = build(make("anthropic", server, tmp_path))
+    assert server.batches_created["anthropic"] == 0
+    assert len(builder.errors) == 8
+    assert {e.error_type for e in builder.errors} == {"ProviderError"}
+    assert all("bytes" in e.reason for e in builder.errors)
+
+
+class _FaultsOnce(dict[str, Any]):
+    """Batch item faults that hit only the first batch an item is in."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.pop(key, default)
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_expired_and_transiently_failed_items_are_submitted_again(
+    server: FakeLLMServer, tmp_path: Path, provider: str
+) -> None:
+    server.batch_item_faults = _FaultsOnce(
+        {
+            custom_id_for("demo-0001"): "drop",  # expired
+            custom_id_for("demo-0003"): "529",  # overloaded
+            custom_id_for("demo-0005"): "429",  # rate limited
+        }
+    )
+    builder = build(make(provider, server, tmp_path))
+    assert builder.errors == []
+    assert len(builder.pairs) == 8  # type: ignore[attr-defined]
+    assert batch_sizes(server, provider) == [8, 3]
+    assert list(tmp_path.glob("*.json")) == []
+
+
+@pytest.mark.parametrize(("retries", "batches"), [(2, 3), (0, 1)])
+def test_resubmission_is_bounded_by_batch_retries(
+    server: FakeLLMServer, tmp_path: Path, retries: int, batches: int
+) -> None:
+    server.batch_item_faults = {
+        custom_id_for("demo-0001"): "500",  # transient, but it never goes away
+        custom_id_for("demo-0002"): "quota",  # permanent: never submitted again
+    }
+    hallucinator = make("openai", server, tmp_path)
+    hallucinator.batch_retries = retries
+    builder = build(hallucinator)
+    assert server.batches_created["openai"] == batches
+    assert batch_sizes(server, "openai")[1:] == [1] * (batches - 1)
+    assert {e.id: e.error_type for e in builder.errors} == {
+        "demo-0001": "ProviderError",
+        "demo-0002": "ProviderError",
+    }
+    assert len(builder.pairs) == 6  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_killed_between_chunks_the_next_run_resumes_them_and_submits_the_rest(
+    server: FakeLLMServer, tmp_path: Path, provider: str
+) -> None:
+    server.batch_polls_until_done = 10**6
+    module, cls, backend = (
+        ("openai_api", "OpenAIHallucinator", "_OpenAIBatches")
+        if provider == "openai"
+        else ("anthropic_api", "AnthropicHallucinator", "_AnthropicBatches")
+    )
+    url = server.openai_base_url if provider == "openai" else server.anthropic_base_url
+    script = textwrap.dedent(
+        f"""
+        import asyncio
+        from povidgen import PairBuilder
+        from povidgen.hallucinate.batch import BatchBackend
+        from povidgen.hallucinate.{module} import {cls} as Provider, {backend} as Backend
+        from povidgen.sources.demo import demo_dataset
+
+        BatchBackend.max_requests = 3
+        submit = Backend.submit
+        submitted = 0
+
+        async def submit_then_hang(self, items):
+            global submitted
+            submitted += 1
+            if submitted > 1:
+                await asyncio.sleep(3600)  # the process dies while submitting the second chunk
+            return await submit(self, items)
+
+        Backend.submit = submit_then_hang
+        hallucinator = Provider(
+            base_url={url!r},
+            api_key="sk-batch", mode="batch", batch_dir={str(tmp_path)!r}, poll_interval=0.02,
+        )
+        PairBuilder.from_dataset(
+            demo_dataset(n=8), prompt_column="question", id_column="id",
+            hallucinator=hallucinator, batch_size=100,
+        ).build()
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while not list(tmp_path.glob(f"{provider}-*.json")):
+            assert process.poll() is None, "the first run ended before submitting"
+            assert time.monotonic() < deadline, "the first run never submitted its first chunk"
+            time.sleep(0.05)
+        time.sleep(0.2)
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=30)
+    assert server.batches_created[provider] == 1
+    assert len(list(tmp_path.glob(f"{provider}-*.json"))) == 1
+
+    server.batch_polls_until_done = 1
+    limited = pytest.MonkeyPatch()
+    limited.setattr(BatchBackend, "max_requests", 3)
+    try:
+        builder = build(make(provider, server, tmp_path))
+    finally:
+        limited.undo()
+    assert server.batches_created[provider] == 3  # the first chunk resumed, two submitted
+    assert batch_sizes(server, provider) == [3, 3, 2]
+    assert builder.errors == []
+    assert len(builder.pairs) == 8  # type: ignore[attr-defined]
+    assert list(tmp_path.glob("*.json")) == []
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_the_cost_estimate_counts_an_image_as_the_providers_image_tokens(
+    server: FakeLLMServer, tmp_path: Path, provider: str
+) -> None:
+    hallucinator = make(provider, server, tmp_path)
+    noise = Image.effect_noise((1024, 1024), 64).convert("RGB")  # a JPEG of hundreds of KB
+    image_url = _data_url(noise, 1024)
+    assert estimate_tokens(image_url) > 50 * hallucinator.image_tokens
+    with_image = hallucinator._batch_request("system text", "user text", image_url)
+    without = hallucinator._batch_request("system text", "user text", None)
+    estimate = hallucinator._batch_input_tokens(with_image)
+    text_only = hallucinator._batch_input_tokens(without)
+    assert text_only == estimate_tokens(json.dumps(without))
+    # the text tokens plus image_tokens, give or take the image part's few JSON keys
+    assert text_only + hallucinator.image_tokens <= estimate
+    assert estimate <= text_only + hallucinator.image_tokens + 30
