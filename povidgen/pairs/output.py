@@ -8,8 +8,8 @@ Rules (each checked when the run starts and again at the moment of writing):
 * The output is never an input: not the dataset folder, not inside it, not holding it.
 * ``--out`` must not be a symbolic link (dangling or not) or a file, and its parent must be
   writable.
-* One build at a time per folder: a lock (``fcntl.flock`` on the sibling ``.NAME.lock``) keeps a
-  second build out with a clear error.
+* One build at a time per folder: a lock (``fcntl.flock`` on the sibling ``.NAME.lock``,
+  removed when the run ends) keeps a second build out with a clear error.
 * The new dataset is written into a sibling staging folder (``.NAME.partial-XXXX``) and swapped
   in with one ``renameat2(RENAME_EXCHANGE)`` system call where the kernel has it, so at every
   instant ``--out`` holds a loadable dataset, the old or the new. (Elsewhere two renames; a run
@@ -105,32 +105,43 @@ class OutputFolder:
 
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        """Hold the folder's lock for a run; a second run gets :class:`OutputFolderError`."""
+        """Hold the folder's lock for a run; a second run gets :class:`OutputFolderError`.
+
+        The lock file (``.NAME.lock`` beside the output) is removed when the run ends; a run
+        that locked a file another run had just removed tries again on the new one.
+        """
         import fcntl
 
         parent = self.path.absolute().parent
         lock_path = parent / f".{self.path.name}.lock"
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-            handle = lock_path.open("a+")
-        except OSError as error:
-            raise OutputFolderError(
-                f"--out {self.path}: cannot create {lock_path}: {error.strerror or error}"
-            ) from error
-        try:
+        while True:
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+                handle = lock_path.open("a+")
+            except OSError as error:
+                raise OutputFolderError(
+                    f"--out {self.path}: cannot create {lock_path}: {error.strerror or error}"
+                ) from error
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as error:
+                handle.close()
                 if error.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
                 raise OutputFolderError(
                     f"another povidgen build is writing {self.path}; wait for it to finish or "
                     "choose another folder"
                 ) from None
+            with contextlib.suppress(FileNotFoundError):
+                if os.stat(lock_path).st_ino == os.fstat(handle.fileno()).st_ino:
+                    break  # the file is still the lock: it is ours
+            handle.close()  # it was removed by the run that just ended: lock the new one
+        try:
             self._repair()
             self.check()  # the repair may have put an earlier output back
             yield
         finally:
+            lock_path.unlink(missing_ok=True)
             handle.close()
 
     def staging(self) -> Path:
