@@ -181,9 +181,11 @@ class LLMHallucinator(Hallucinator):
             (:mod:`povidgen.hallucinate.cache`), so a rerun pays for nothing twice.
         cache_dir: the cache's folder (default ``$POVIDGEN_CACHE_DIR`` or the user cache).
         max_connection_failures: the circuit breaker: after this many requests in a row got
-            no response at all (refused, reset, timed out), with none answered in between,
-            the endpoint is taken for dead and the run stops (``ProviderFatalError`` naming
-            the URL; the CLI exits 3) instead of retrying every row for a minute.
+            no response at all (refused, reset, timed out) from an endpoint that has never
+            answered, it is taken for dead and the run stops (``ProviderFatalError`` naming
+            the URL; the CLI exits 3) instead of retrying every row for a minute. An endpoint
+            that has answered before is taken for flaky and stops the run only after eight
+            times as many in a row.
     """
 
     provider: str = "llm"
@@ -258,6 +260,7 @@ class LLMHallucinator(Hallucinator):
             )
         self.max_connection_failures = max_connection_failures
         self._connection_failures = 0
+        self._answered_once = False
         self.use_cache = cache
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._cache: ReplyCache | None = None
@@ -286,6 +289,11 @@ class LLMHallucinator(Hallucinator):
         return self._stopped
 
     # -- batch mode ---------------------------------------------------------------------------
+
+    @property
+    def streams(self) -> bool:
+        """Live requests stream row by row; batch mode takes its rows together."""
+        return self.mode == "live"
 
     async def ahallucinate_many(
         self,
@@ -569,9 +577,12 @@ class LLMHallucinator(Hallucinator):
         except Exception as error:
             if not is_connection_failure(error):
                 self._connection_failures = 0
+                self._answered_once = True  # an HTTP error is an answer: the server is there
                 raise
             self._connection_failures += 1
-            if self._connection_failures >= self.max_connection_failures:
+            # an endpoint that has answered before is flaky rather than dead: it gets more rope
+            limit = self.max_connection_failures * (8 if self._answered_once else 1)
+            if self._connection_failures >= limit:
                 self._stop(
                     ProviderFatalError(
                         f"{self._endpoint()} is unreachable: {self._connection_failures} "
@@ -583,6 +594,7 @@ class LLMHallucinator(Hallucinator):
                 raise self._stopped from error
             raise
         self._connection_failures = 0
+        self._answered_once = True
         return reply
 
     def _endpoint(self) -> str:

@@ -69,3 +69,19 @@ def test_answers_reset_the_count(server: FakeLLMServer, tmp_path: Path) -> None:
     pairs = builder.build()
     assert hallucinator.stopped is None
     assert len(pairs) == 8
+
+
+def test_an_endpoint_that_answered_before_gets_eight_times_the_rope(
+    server: FakeLLMServer, tmp_path: Path
+) -> None:
+    server.faults = [None, None] + ["drop"] * 40  # answers twice, then dies
+    hallucinator = make(
+        "openai", server, max_connection_failures=2, max_retries=0, cache_dir=tmp_path
+    )
+    builder = PairBuilder.from_dataset(
+        rows(30), hallucinator=hallucinator, id_column="id", concurrency=1
+    )
+    pairs = builder.build()
+    assert len(pairs) == 2
+    assert isinstance(hallucinator.stopped, ProviderFatalError)
+    assert hallucinator.calls == 2 + 2 * 8  # not 2 + 2: it had answered before
