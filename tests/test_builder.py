@@ -15,6 +15,7 @@ from PIL import Image
 from povidgen import (
     DiffusionNoise,
     Distorter,
+    Edit,
     Example,
     Hallucination,
     HallucinationError,
@@ -303,3 +304,49 @@ def test_build_works_inside_a_running_event_loop(rgb_image: Image.Image) -> None
         return _build(rows, prompt_column="prompt", id_column=None)[0]
 
     assert len(asyncio.run(notebook_cell())) == 1
+
+
+class _SlowFirst(Hallucinator):
+    """Row 0 takes a long time; the others are quick. Records how many calls run at once."""
+
+    name = "slow-first"
+
+    def __init__(self) -> None:
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.started_while_first_ran = 0
+        self.first_running = False
+
+    async def ahallucinate(self, example: Example) -> Hallucination:
+        self.in_flight += 1
+        self.most_in_flight = max(self.most_in_flight, self.in_flight)
+        if example.id == "r0":
+            self.first_running = True
+            await asyncio.sleep(0.5)
+            self.first_running = False
+        else:
+            self.started_while_first_ran += self.first_running
+            await asyncio.sleep(0.01)
+        self.in_flight -= 1
+        rejected = example.answer.replace("red", "blue")
+        start = rejected.index("blue")
+        edit = Edit(kind="attribute", original="red", injected="blue", start=start, end=start + 4)
+        return Hallucination(rejected=rejected, edits=[edit])
+
+
+def test_calls_stream_in_a_sliding_window_without_a_batch_barrier() -> None:
+    image = Image.new("RGB", (8, 8))
+    rows = [
+        {"id": f"r{i}", "image": image, "prompt": "q?", "answer": f"a red cup number {i}."}
+        for i in range(24)
+    ]
+    slow = _SlowFirst()
+    builder = PairBuilder.from_dataset(
+        rows, hallucinator=slow, id_column="id", concurrency=4, batch_size=4
+    )
+    pairs = builder.build()
+    assert pairs["id"] == [f"r{i}" for i in range(24)]  # input order
+    assert slow.most_in_flight == 4  # the concurrency bound holds
+    # while row 0 waited, the other three slots kept working through later rows (a batch of
+    # 4 with a barrier would have started 3)
+    assert slow.started_while_first_ran >= 12

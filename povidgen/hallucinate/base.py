@@ -46,6 +46,15 @@ class Hallucinator(ABC):
         never secrets)."""
         return {}
 
+    @property
+    def streams(self) -> bool:
+        """Whether rows may be sent one by one as they are read (a sliding window of calls).
+
+        ``True`` unless a subclass overrides :meth:`ahallucinate_many` to take rows together
+        (a provider's batch API); :class:`povidgen.PairBuilder` then hands it whole batches.
+        """
+        return type(self).ahallucinate_many is Hallucinator.ahallucinate_many
+
     async def aclose(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Release what the hallucinator opened in the running event loop (HTTP connections).
 

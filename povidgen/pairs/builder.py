@@ -17,8 +17,9 @@ import logging
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 
@@ -32,7 +33,7 @@ from povidgen.errors import (
     PovidgenError,
     RunStoppedError,
 )
-from povidgen.hallucinate.base import Hallucinator
+from povidgen.hallucinate.base import HallucinationResult, Hallucinator
 from povidgen.pairs.trl_format import pair_features, pair_to_row
 from povidgen.schema import Example, Hallucination, PreferencePair, Provenance, RowError, Stage
 from povidgen.seeding import derive_seed
@@ -232,6 +233,81 @@ class PairBuilder:
     def _iterate(
         self, progress: Callable[[int], object] | None
     ) -> Iterator[tuple[PreferencePair, bytes | None] | RowError]:
+        if self.hallucinator.streams:
+            yield from self._iterate_streaming(progress)
+        else:
+            yield from self._iterate_batches(progress)
+
+    def _iterate_streaming(
+        self, progress: Callable[[int], object] | None
+    ) -> Iterator[tuple[PreferencePair, bytes | None] | RowError]:
+        """A sliding window: each row's call starts as soon as the row is read (the event loop
+        keeps up to ``concurrency`` calls in flight at all times, with no batch barrier), while
+        this thread decodes the next rows and distorts and assembles finished ones. Results
+        come out in input order; at most ``4 x concurrency`` rows wait in the window."""
+        assert self._loop is not None
+        loop = self._loop.loop
+        slots = self._loop.run(_semaphore(self.concurrency))
+        window: deque[tuple[_Pending | RowError, Future[HallucinationResult] | None]] = deque()
+        seen: dict[str, int] = {}
+        self._stopped = None
+
+        def finish() -> tuple[PreferencePair, bytes | None] | RowError:
+            item, future = window.popleft()
+            if isinstance(item, RowError):
+                outcome: tuple[PreferencePair, bytes | None] | RowError = item
+            else:
+                assert future is not None
+                result = future.result()
+                self._note_stop(result)
+                outcome = self._assemble(item, result)
+            if isinstance(outcome, RowError):
+                logger.info(
+                    "row %d (%s) failed at %s: %s",
+                    outcome.index,
+                    outcome.id,
+                    outcome.stage,
+                    outcome.reason,
+                )
+            if progress is not None:
+                progress(1)
+            return outcome
+
+        try:
+            for index, row in enumerate(self._rows):
+                if self._stopped is not None:
+                    stopped = RunStoppedError(f"not attempted: {self._stopped}")
+                    window.append(
+                        (_row_error(self._row_id(index, row), index, "hallucinate", stopped), None)
+                    )
+                else:
+                    read = self._read(index, row, seen)
+                    if isinstance(read, RowError):
+                        window.append((read, None))
+                    else:
+                        call = _bounded_call(self.hallucinator, read.example, slots)
+                        window.append((read, asyncio.run_coroutine_threadsafe(call, loop)))
+                while window and (window[0][1] is None or window[0][1].done()):
+                    yield finish()
+                while len(window) >= 4 * self.concurrency:
+                    yield finish()  # waits for the oldest row: the read-ahead stays bounded
+            while window:
+                yield finish()
+        finally:
+            for _, future in window:  # interrupted: no call outlives the run
+                if future is not None:
+                    future.cancel()
+
+    def _note_stop(self, result: HallucinationResult) -> None:
+        if isinstance(result, RunStoppedError) and self._stopped is None:
+            # the hallucinator keeps the first cause; in-flight rows only say "not attempted"
+            cause = getattr(self.hallucinator, "stopped", None)
+            self._stopped = cause if isinstance(cause, RunStoppedError) else result
+
+    def _iterate_batches(
+        self, progress: Callable[[int], object] | None
+    ) -> Iterator[tuple[PreferencePair, bytes | None] | RowError]:
+        """Batches of ``batch_size`` rows, for hallucinators that take rows together."""
         batch: list[tuple[int, Mapping[str, Any]]] = []
         seen: dict[str, int] = {}
         self._stopped = None
@@ -319,10 +395,7 @@ class PairBuilder:
             )
         )
         for result in results:
-            if isinstance(result, RunStoppedError) and self._stopped is None:
-                # the hallucinator keeps the first cause; in-flight rows only say "not attempted"
-                cause = getattr(self.hallucinator, "stopped", None)
-                self._stopped = cause if isinstance(cause, RunStoppedError) else result
+            self._note_stop(result)
         for item, result in zip(pending, results, strict=True):
             outcomes[item.index] = self._assemble(item, result)
 
@@ -467,6 +540,24 @@ class _LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()
+
+
+async def _semaphore(concurrency: int) -> asyncio.Semaphore:
+    """A semaphore made inside the run's event loop."""
+    if concurrency < 1:
+        raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+    return asyncio.Semaphore(concurrency)
+
+
+async def _bounded_call(
+    hallucinator: Hallucinator, example: Example, slots: asyncio.Semaphore
+) -> HallucinationResult:
+    """One row's call under the run's concurrency bound; its exception is its result."""
+    async with slots:
+        try:
+            return await hallucinator.ahallucinate(example)
+        except Exception as error:  # noqa: BLE001 - recorded per row by design
+            return error
 
 
 def _row_error(row_id: str, index: int, stage: Stage, error: BaseException | str) -> RowError:
