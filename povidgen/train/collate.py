@@ -79,6 +79,14 @@ class PreferenceBatch:
     def __len__(self) -> int:
         return len(self.ids)
 
+    def response_lengths(self) -> tuple[Tensor, Tensor]:
+        """``(B,)`` token counts of the chosen and of the rejected responses (on the batch's
+        device)."""
+        device = self.chosen_ids[0].device
+        chosen = torch.tensor([len(c) for c in self.chosen_ids], device=device)
+        rejected = torch.tensor([len(r) for r in self.rejected_ids], device=device)
+        return chosen, rejected
+
     def to(self, device: torch.device | str) -> PreferenceBatch:
         """A copy with every tensor on ``device``."""
 

@@ -142,6 +142,14 @@ def unwrap_model(model: nn.Module) -> Any:
     return inner
 
 
+def unwrap_peft(model: nn.Module) -> Any:
+    """The PEFT model under DDP wrappers, or ``model`` itself when there is none."""
+    inner: Any = model
+    while hasattr(inner, "module") and not hasattr(inner, "disable_adapter"):
+        inner = inner.module
+    return inner
+
+
 def family_of(model: nn.Module) -> FamilyAdapter:
     """The :class:`FamilyAdapter` for ``model`` (found by ``config.model_type``).
 

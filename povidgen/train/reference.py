@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from povidgen.train.collate import PreferenceBatch
-from povidgen.train.families import unwrap_model
+from povidgen.train.families import unwrap_model, unwrap_peft
 from povidgen.train.step import Scorer, Scores
 
 __all__ = ["ReferenceCache", "adapter_disabled", "model_fingerprint"]
@@ -60,9 +60,7 @@ def model_fingerprint(model: nn.Module) -> str:
 @contextlib.contextmanager
 def adapter_disabled(model: nn.Module) -> Iterator[None]:
     """Run ``model`` (a PEFT model, possibly wrapped) with its adapters disabled."""
-    inner: Any = model
-    while not hasattr(inner, "disable_adapter") and hasattr(inner, "module"):
-        inner = inner.module
+    inner = unwrap_peft(model)
     if not hasattr(inner, "disable_adapter"):
         raise ValueError("ref='adapter' needs a PEFT model; pass full=False or ref='copy'")
     with inner.disable_adapter():
@@ -137,9 +135,7 @@ class ReferenceCache:
             return torch.tensor([v[i] for v in values], dtype=torch.float32, device=device)
 
         noisy = column(2) if values[0][2] is not None else None
-        lengths = torch.tensor([len(c) for c in batch.chosen_ids], device=device)
-        rejected_lengths = torch.tensor([len(r) for r in batch.rejected_ids], device=device)
-        return Scores(column(0), column(1), noisy, lengths, rejected_lengths)
+        return Scores(column(0), column(1), noisy, *batch.response_lengths())
 
     def close(self) -> None:
         """Close the database."""

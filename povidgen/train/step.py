@@ -246,7 +246,7 @@ class Scorer:
             )
             hidden, labels = self._packed_hidden(model, clean + noisy)
             logps = self._logps(hidden, weight, labels)
-            lengths = _lengths(batch.chosen_ids)
+            lengths, _ = batch.response_lengths()
             return Scores(logps[:n], logps[n:], None, lengths, lengths)
         pairs = [[c, r] for c, r in zip(batch.chosen_ids, batch.rejected_ids, strict=True)]
         hidden, labels = self._packed_hidden(
@@ -265,13 +265,7 @@ class Scorer:
             noisy_score = self._noisy_score(
                 hidden[0::2], weight, noisy_hidden, noisy_labels, shift=False
             )
-        return Scores(
-            logps[:, 0],
-            logps[:, 1],
-            noisy_score,
-            _lengths(batch.chosen_ids),
-            _lengths(batch.rejected_ids),
-        )
+        return Scores(logps[:, 0], logps[:, 1], noisy_score, *batch.response_lengths())
 
     def _logps(self, hidden: Tensor, weight: Tensor, labels: Tensor) -> Tensor:
         return sequence_logps(
@@ -324,7 +318,7 @@ class Scorer:
             types = _join(batch.mm_token_type_ids, batch.noisy_mm_token_type_ids)
             hidden, labels = self._plain_hidden(model, prompts, chosen + chosen, rows, types)
             logps = self._shifted_logps(hidden, weight, labels)
-            lengths = _lengths(chosen)
+            lengths, _ = batch.response_lengths()
             return Scores(logps[:n], logps[n:], None, lengths, lengths)
         hidden, labels = self._plain_hidden(
             model,
@@ -349,9 +343,7 @@ class Scorer:
             noisy_score = self._noisy_score(
                 hidden[:n], weight, noisy_hidden, noisy_labels, shift=True
             )
-        return Scores(
-            logps[:n], logps[n:], noisy_score, _lengths(chosen), _lengths(batch.rejected_ids)
-        )
+        return Scores(logps[:n], logps[n:], noisy_score, *batch.response_lengths())
 
     def _noisy_score(
         self,
@@ -394,10 +386,6 @@ class Scorer:
 def _attn_implementation(decoder: nn.Module) -> str:
     config = getattr(decoder, "config", None)
     return str(getattr(config, "_attn_implementation", None) or "eager")
-
-
-def _lengths(responses: Sequence[Tensor]) -> Tensor:
-    return torch.tensor([len(r) for r in responses], device=responses[0].device)
 
 
 def _join(first: list[Tensor] | None, second: list[Tensor] | None) -> list[Tensor] | None:

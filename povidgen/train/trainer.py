@@ -46,7 +46,7 @@ from torch import Tensor, nn
 
 from povidgen.train.collate import PreferenceBatch, PreferenceCollator, TrainingDataError
 from povidgen.train.config import DPOConfig
-from povidgen.train.families import family_of, unwrap_model, vision_is_frozen
+from povidgen.train.families import family_of, unwrap_model, unwrap_peft, vision_is_frozen
 from povidgen.train.losses import dpo_loss, povid_loss
 from povidgen.train.reference import (
     ReferenceCache,
@@ -198,7 +198,7 @@ class DPOTrainer:
         # activations are saved in half precision, not as fp32 copies of every adapter input
         self._half = dtype if dtype in (torch.bfloat16, torch.float16) else None
         self.model = self._prepare_model(model)
-        if strategy == "adapter" and not hasattr(unwrap_model_peft(self.model), "disable_adapter"):
+        if strategy == "adapter" and not hasattr(unwrap_peft(self.model), "disable_adapter"):
             raise ValueError("ref='adapter' needs a LoRA adapter; use ref='copy' with full=True")
 
         tokenizer = getattr(processor, "tokenizer", processor)
@@ -233,6 +233,8 @@ class DPOTrainer:
         elif self.world_size > 1:
             self.policy = torch.nn.parallel.DistributedDataParallel(self.policy)
         self.device = next(self.model.parameters()).device
+        # a frozen vision tower gives the policy and the reference the same image features
+        self._share_vision = vision_is_frozen(self.model, self.family)
         self.global_step = 0
         self.consumed = 0  # micro-batches consumed, over all epochs
         self._updated = False  # whether an optimiser step has changed the weights
@@ -381,14 +383,14 @@ class DPOTrainer:
         batch = batch.to(self.device)
         self._unshard()
         features = noisy_features = None
-        if self.scorer.uses_packing(self.model) and vision_is_frozen(self.model, self.family):
+        if self._share_vision and self.scorer.uses_packing(self.model):
             # one vision pass per image, shared by the policy and the reference
             with torch.no_grad():
                 features = self.scorer.features(self.model, batch.vision)
                 if batch.noisy_vision is not None:
                     noisy_features = self.scorer.features(self.model, batch.noisy_vision)
         chosen, rejected, noisy = self.policy(batch, features, noisy_features)
-        policy = Scores(chosen, rejected, noisy, *_lengths(batch, self.device))
+        policy = Scores(chosen, rejected, noisy, *batch.response_lengths())
         self._unshard()
         ref = self.reference_scores(batch, features, noisy_features)
         metrics: dict[str, Tensor] = {
@@ -892,14 +894,6 @@ class _WandB:
         self.run.finish()
 
 
-def unwrap_model_peft(model: nn.Module) -> Any:
-    """The PEFT model under DDP wrappers (or the model itself)."""
-    inner: Any = model
-    while hasattr(inner, "module") and not hasattr(inner, "disable_adapter"):
-        inner = inner.module
-    return inner
-
-
 def _is_peft_model(model: nn.Module) -> bool:
     return hasattr(model, "peft_config") and hasattr(model, "disable_adapter")
 
@@ -925,12 +919,6 @@ def _make_distorter(cfg: DPOConfig, columns: list[str]) -> Any:
     from povidgen.registry import get_distorter
 
     return get_distorter(cfg.distorter, **cfg.distorter_options)
-
-
-def _lengths(batch: PreferenceBatch, device: torch.device) -> tuple[Tensor, Tensor]:
-    chosen = torch.tensor([len(c) for c in batch.chosen_ids], device=device)
-    rejected = torch.tensor([len(r) for r in batch.rejected_ids], device=device)
-    return chosen, rejected
 
 
 def _token_count(batch: PreferenceBatch) -> int:
