@@ -9,7 +9,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -23,7 +22,7 @@ from povidgen import __version__
 from povidgen.distort.base import Distorter
 from povidgen.errors import PovidgenError
 from povidgen.pairs.builder import PairBuilder
-from povidgen.pairs.output import OutputFolder
+from povidgen.pairs.output import OutputFolder, unwritable_parent
 from povidgen.redact import scrub
 from povidgen.registry import (
     available_distorters,
@@ -441,11 +440,9 @@ def _check_image_out(out: Path) -> None:
     """An image file to write: not a folder, a link or a device; its folder writable."""
     if out.is_symlink() or (out.exists() and not out.is_file()):
         raise PovidgenError(f"--out {out} is not a plain file path (a folder or a link?)")
-    parent = out.absolute().parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise PovidgenError(f"--out {out}: {parent} is not a writable folder")
+    problem = unwritable_parent(out)
+    if problem is not None:
+        raise PovidgenError(f"--out {out}: {problem}")
 
 
 def _distort(args: argparse.Namespace) -> int:

@@ -276,10 +276,7 @@ class PairBuilder:
         try:
             for index, row in enumerate(self._rows):
                 if self._stopped is not None:
-                    stopped = RunStoppedError(f"not attempted: {self._stopped}")
-                    window.append(
-                        (_row_error(self._row_id(index, row), index, "hallucinate", stopped), None)
-                    )
+                    window.append((self._not_attempted(index, row), None))
                 else:
                     read = self._read(index, row, seen)
                     if isinstance(read, RowError):
@@ -298,6 +295,11 @@ class PairBuilder:
                 if future is not None:
                     future.cancel()
 
+    def _not_attempted(self, index: int, row: Mapping[str, Any]) -> RowError:
+        """The record of a row read after the run stopped (its image is not even decoded)."""
+        stopped = RunStoppedError(f"not attempted: {self._stopped}")
+        return _row_error(self._row_id(index, row), index, "hallucinate", stopped)
+
     def _note_stop(self, result: HallucinationResult) -> None:
         if isinstance(result, RunStoppedError) and self._stopped is None:
             # the hallucinator keeps the first cause; in-flight rows only say "not attempted"
@@ -313,13 +315,7 @@ class PairBuilder:
         self._stopped = None
         for index, row in enumerate(self._rows):
             if self._stopped is not None:
-                # keep accounting for every row, without decoding images we will not use
-                yield _row_error(
-                    self._row_id(index, row),
-                    index,
-                    "hallucinate",
-                    RunStoppedError(f"not attempted: {self._stopped}"),
-                )
+                yield self._not_attempted(index, row)
                 if progress is not None:
                     progress(1)
                 continue

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from povidgen.errors import PovidgenError
 
-__all__ = ["MARKER", "OutputFolder", "OutputFolderError"]
+__all__ = ["MARKER", "OutputFolder", "OutputFolderError", "unwritable_parent"]
 
 MARKER = "povidgen-build.json"
 """The file that marks a folder as a povidgen build output."""
@@ -71,13 +71,9 @@ class OutputFolder:
             )
         if path.exists() and not path.is_dir():
             raise OutputFolderError(f"--out {path} is a file, not a folder")
-        parent = path.absolute().parent
-        while not parent.exists():
-            parent = parent.parent
-        if not parent.is_dir():
-            raise OutputFolderError(f"--out {path}: {parent} is not a folder")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise OutputFolderError(f"--out {path}: {parent} is not writable")
+        problem = unwritable_parent(path)
+        if problem is not None:
+            raise OutputFolderError(f"--out {path}: {problem}")
         resolved = path.resolve()
         for source in self.inputs:
             source = source.resolve()
@@ -180,6 +176,19 @@ class OutputFolder:
         for stale in [*parent.glob(f".{name}.partial-*"), *parent.glob(f".{name}.old-*")]:
             if stale.is_dir() and not stale.is_symlink() and (stale / MARKER).is_file():
                 shutil.rmtree(stale, ignore_errors=True)
+
+
+def unwritable_parent(path: Path) -> str | None:
+    """Why ``path`` could not be created (its nearest existing parent is no writable folder),
+    or ``None``."""
+    parent = path.absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable"
+    return None
 
 
 def _exchange(first: Path, second: Path) -> bool:
