@@ -16,6 +16,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+import povidgen
 from povidgen import DiffusionNoise, PairBuilder, RuleHallucinator
 from povidgen.train import DPOConfig, DPOTrainer
 
@@ -30,11 +31,9 @@ def load_model(path: str | None) -> tuple[Any, Any]:
     return AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
 
 
-def load_pairs(path: str | None) -> Any:
-    import datasets
-
+def pairs_from(path: str | None) -> Any:
     if path is not None:
-        return datasets.load_from_disk(path)
+        return povidgen.load_pairs(path)
     from povidgen.sources.demo import demo_dataset
 
     return PairBuilder.from_dataset(
@@ -55,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
 
     model, processor = load_model(args.model)
-    pairs = load_pairs(args.pairs)
+    pairs = pairs_from(args.pairs)
     common: dict[str, Any] = {"batch_size": 2, "seed": 0}
     if args.model is None:  # the tiny model learns nothing at POVID's 1e-7
         common.update(learning_rate=1e-3, lora_r=8, lora_alpha=16)

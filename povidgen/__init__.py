@@ -43,6 +43,8 @@ from povidgen.hallucinate.prompts import PromptConfig
 from povidgen.hallucinate.rule import RuleHallucinator
 from povidgen.hallucinate.transformers_local import TransformersHallucinator
 from povidgen.pairs.builder import BuildReport, PairBuilder
+from povidgen.pairs.output import OutputFolderError
+from povidgen.pairs.shards import ShardLimits, load_pairs
 from povidgen.redact import register_secret
 from povidgen.registry import (
     available_distorters,
@@ -96,6 +98,7 @@ __all__ = [
     "ModelPrice",
     "OneOf",
     "OpenAIHallucinator",
+    "OutputFolderError",
     "PairBuilder",
     "PatchMask",
     "PluginError",
@@ -109,6 +112,7 @@ __all__ = [
     "RowError",
     "RuleHallucinator",
     "RunStoppedError",
+    "ShardLimits",
     "TransformersHallucinator",
     "Usage",
     "VerificationError",
@@ -119,5 +123,6 @@ __all__ = [
     "get_distorter",
     "get_hallucinator",
     "load_examples_file",
+    "load_pairs",
     "register_secret",
 ]

@@ -6,23 +6,19 @@ The library logs and never prints; this module is where progress bars and summar
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
-import shutil
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-import datasets
-from tqdm import tqdm
-
 from povidgen import __version__
 from povidgen.distort.base import Distorter
 from povidgen.errors import PovidgenError
-from povidgen.pairs.builder import PairBuilder
+from povidgen.pairs.builder import BuildReport, PairBuilder
 from povidgen.pairs.output import OutputFolder, unwritable_parent
+from povidgen.pairs.shards import ShardLimits
 from povidgen.redact import scrub
 from povidgen.registry import (
     available_distorters,
@@ -221,9 +217,65 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--demo-size", type=_COUNT, default=64, metavar="N")
     build.add_argument("--concurrency", type=_COUNT, default=8, metavar="N")
     build.add_argument(
-        "--overwrite", action="store_true", help="replace an existing povidgen output folder"
+        "--workers",
+        type=_COUNT,
+        default=None,
+        metavar="N",
+        help="threads decoding, distorting and encoding images (default: CPUs, at most 8)",
+    )
+    build.add_argument(
+        "--no-rejected-images",
+        action="store_true",
+        help="do not store the distorted images (a trainer remakes them from each row's seed)",
+    )
+    build.add_argument(
+        "--num-shards",
+        type=_COUNT,
+        default=1,
+        metavar="N",
+        help="split the input by id into N shares (one per machine; join them with merge)",
+    )
+    build.add_argument(
+        "--shard-index", type=_bounded(int, 0), default=0, metavar="I", help="the share to build"
+    )
+    build.add_argument(
+        "--shard-mb",
+        type=_POSITIVE,
+        default=512,
+        metavar="MB",
+        help="an output file closes once it holds this many MiB (default 512)",
+    )
+    build.add_argument(
+        "--shard-rows",
+        type=_COUNT,
+        default=10_000,
+        metavar="N",
+        help="...or this many rows (default 10000)",
+    )
+    build.add_argument(
+        "--ray",
+        nargs="?",
+        const="auto",
+        default=None,
+        metavar="ADDRESS",
+        help="run the rows on a Ray cluster (default address 'auto'; needs povidgen[ray])",
+    )
+    build.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a finished povidgen output, or one built with another configuration",
     )
     build.set_defaults(run=_build)
+
+    merge = commands.add_parser(
+        "merge", help="join the outputs of --num-shards builds into one (equal to one run's)"
+    )
+    merge.add_argument("out", type=Path, metavar="OUT", help="the merged output folder")
+    merge.add_argument("shards", type=Path, nargs="+", metavar="DIR", help="shard outputs")
+    merge.add_argument(
+        "--overwrite", action="store_true", help="replace an earlier povidgen output at OUT"
+    )
+    merge.set_defaults(run=_merge)
 
     preview = commands.add_parser("preview", help="draw a contact sheet of built pairs")
     preview.add_argument("pairs", type=Path, metavar="DIR", help="a folder written by build")
@@ -265,18 +317,20 @@ def _build(args: argparse.Namespace) -> int:
         confine=args.image_folder is not None and not args.allow_outside_image_folder,
     )
     inputs = [p for p in (args.dataset, args.image_folder) if p is not None]
-    output = OutputFolder(args.out, overwrite=args.overwrite, inputs=inputs)
-    output.check()  # before any work; checked again when the pairs are written
+    # before any work; checked again under the lock and when a shard is written
+    OutputFolder(args.out, overwrite=args.overwrite, inputs=inputs).check()
     if args.demo:
         from povidgen.sources.demo import demo_dataset
 
         dataset = demo_dataset(n=args.demo_size, seed=args.seed)
+        source = f"demo(n={args.demo_size}, seed={args.seed})"
         image_column, prompt_column, answer_column, id_column = "image", "question", "answer", "id"
         image_folder = None
     else:
         from povidgen.sources.files import load_examples_file
 
         dataset = load_examples_file(args.dataset, split=args.split)
+        source = str(args.dataset.resolve()) + ("" if args.split is None else f" [{args.split}]")
         image_column, prompt_column = args.image_column, args.prompt_column
         answer_column, id_column = args.answer_column, args.id_column
         if id_column is None and "conversations" in dataset.column_names:
@@ -286,6 +340,7 @@ def _build(args: argparse.Namespace) -> int:
             image_folder = args.dataset if args.dataset.is_dir() else args.dataset.parent
     if args.limit is not None:
         dataset = dataset.select(range(min(args.limit, len(dataset))))
+        source += f" (first {args.limit} rows)"
 
     distorter: Distorter | None = None
     if args.distorter != "none":
@@ -302,6 +357,10 @@ def _build(args: argparse.Namespace) -> int:
         hallucinator = get_hallucinator(args.provider, **_provider_options(args))
     except (ValueError, TypeError, ImportError, OSError) as error:  # settings, keys, extras
         raise PovidgenError(f"cannot set up the {args.provider!r} provider: {error}") from error
+    if args.shard_index >= args.num_shards:
+        raise PovidgenError(
+            f"--shard-index {args.shard_index} must be less than --num-shards {args.num_shards}"
+        )
     builder = PairBuilder.from_dataset(
         dataset,
         hallucinator=hallucinator,
@@ -316,25 +375,53 @@ def _build(args: argparse.Namespace) -> int:
         # a batch API takes the whole run in one submission (OpenAI allows 50,000 requests)
         batch_size=min(max(len(dataset), 1), 50_000) if args.batch else 64,
         image_limits=limits,
+        store_rejected_images=not args.no_rejected_images,
+        num_shards=args.num_shards,
+        shard_index=args.shard_index,
+        workers=args.workers,
+        shard_limits=ShardLimits(max_bytes=int(args.shard_mb * 2**20), max_rows=args.shard_rows),
+        source=source,
+        ray_address=args.ray,
     )
-    tally = getattr(hallucinator, "cost", None)
-    with output.lock():
-        with tqdm(total=len(dataset), unit="row", desc="building pairs") as bar:
+    try:
+        report = builder.run(
+            args.out,
+            overwrite=args.overwrite,
+            allow_empty=args.allow_empty,
+            progress=True,
+            inputs=inputs,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"\npovidgen: build interrupted; what was finished is in {args.out}. Run the same "
+            "command again to resume (replies already received are not paid for again).",
+            file=sys.stderr,
+        )
+        return 130
+    except OSError as error:  # a full disk, a folder removed under the run
+        raise PovidgenError(f"cannot write {args.out}: {error}") from error
+    if report.already_complete:
+        print(
+            f"{args.out} already holds this build, finished ({report.pairs} pairs); nothing to "
+            "do (--overwrite builds it again)"
+        )
+        return 0
+    _print_report(report, builder, args.out)
+    if report.stopped is not None:
+        print(
+            f"povidgen: the run stopped early: {report.stopped}. Run the same command again to "
+            "resume once the cause is fixed.",
+            file=sys.stderr,
+        )
+        return 3
+    return 0 if report.pairs else 1
 
-            def advance(rows: int) -> None:
-                bar.update(rows)
-                if tally is not None:
-                    bar.set_postfix_str(f"${tally.spent:.4f}")
 
-            pairs = builder.build(progress=advance)
-        kept = len(pairs) == 0 and output.holds_dataset() and not args.allow_empty
-        if not kept:
-            try:
-                _write(output, pairs, builder)
-            except OSError as error:  # a full disk, a folder removed under the run
-                raise PovidgenError(f"cannot write {args.out}: {error}") from error
-    report = builder.report
-    print(f"rows read:    {report.rows}")
+def _print_report(report: BuildReport, builder: PairBuilder, out: Path) -> None:
+    """The summary a build prints when it ends."""
+    if report.resumed_rows:
+        print(f"resumed:      {report.resumed_rows} rows were already done")
+    print(f"rows read:    {report.rows + report.resumed_rows}")
     print(f"pairs built:  {report.pairs}")
     print(f"rows failed:  {report.failed}")
     for stage, count in sorted(report.errors_by_stage.items()):
@@ -343,19 +430,29 @@ def _build(args: argparse.Namespace) -> int:
             f"; and {len(reasons) - 3} more" if len(reasons) > 3 else ""
         )
         print(f"  {stage}: {count} ({shown})")
-    print(f"time taken:   {report.seconds:.1f}s")
+    if report.not_attempted or report.withheld:
+        print(f"not done:     {report.not_attempted + report.withheld} (left for the next run)")
+    rate = report.rows / report.seconds if report.seconds > 0 else 0.0
+    print(f"time taken:   {report.seconds:.1f}s ({rate:.1f} rows/s)")
     if report.cost_usd is not None:
         print(f"cost:         ${report.cost_usd:.4f}")
-    if kept:
+    if report.kept_earlier:
         print(
-            f"no pair was built: {args.out} keeps its earlier dataset (--allow-empty replaces "
-            "it with an empty result; -v lists every failed row)"
+            f"no new dataset: {out} keeps its earlier dataset (--allow-empty replaces it with "
+            "an empty result; -v lists every failed row)"
         )
     else:
-        print(f"written to:   {args.out} (errors in {args.out / 'errors.jsonl'})")
-    if report.stopped is not None:
-        print(f"povidgen: the run stopped early: {report.stopped}", file=sys.stderr)
-        return 3
+        print(f"written to:   {out} (errors in {out / 'errors.jsonl'}, summary in summary.json)")
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from povidgen.pairs.merge import merge_builds
+
+    report = merge_builds(args.out, args.shards, overwrite=args.overwrite)
+    print(f"merged {len(args.shards)} shard outputs into {args.out}")
+    print(f"rows:         {report.rows}")
+    print(f"pairs:        {report.pairs}")
+    print(f"rows failed:  {report.failed}")
     return 0 if report.pairs else 1
 
 
@@ -399,35 +496,17 @@ def _provider_options(args: argparse.Namespace) -> dict[str, object]:
     return options
 
 
-def _write(output: OutputFolder, pairs: datasets.Dataset, builder: PairBuilder) -> None:
-    """Write into a staging folder beside the output, then swap it in (see
-    :mod:`povidgen.pairs.output`): an interrupted run never leaves a half-written dataset, and
-    an empty result is still a loadable dataset with every column."""
-    staging = output.staging()
-    try:
-        # one shard even for 0 rows: without a data file load_from_disk cannot open it
-        pairs.save_to_disk(str(staging), num_shards=1 if len(pairs) == 0 else None)
-        with (staging / "errors.jsonl").open("w", encoding="utf-8") as handle:
-            for error in builder.errors:
-                handle.write(json.dumps(error.model_dump(), ensure_ascii=False) + "\n")
-        output.commit(staging)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
 def _preview(args: argparse.Namespace) -> int:
     from povidgen.errors import DatasetFormatError
     from povidgen.preview import save_preview
 
     _check_image_out(args.out)
 
-    try:
-        pairs = datasets.load_from_disk(str(args.pairs))
-    except FileNotFoundError as error:
-        raise DatasetFormatError(f"{args.pairs} is not a pairs folder: {error}") from error
-    if not isinstance(pairs, datasets.Dataset):
-        raise DatasetFormatError(f"{args.pairs} holds several splits, not one pairs dataset")
+    from povidgen.pairs.shards import load_pairs
+
+    if not args.pairs.is_dir():
+        raise DatasetFormatError(f"{args.pairs} is not a pairs folder")
+    pairs = load_pairs(args.pairs, cache_dir=args.pairs / ".cache")
     try:
         path = save_preview(pairs, args.out, n=args.n)
     except ValueError as error:

@@ -33,6 +33,7 @@ EXPECTED = [
     "ModelPrice",
     "OneOf",
     "OpenAIHallucinator",
+    "OutputFolderError",
     "PairBuilder",
     "PatchMask",
     "PluginError",
@@ -46,6 +47,7 @@ EXPECTED = [
     "RowError",
     "RuleHallucinator",
     "RunStoppedError",
+    "ShardLimits",
     "TransformersHallucinator",
     "Usage",
     "VerificationError",
@@ -56,6 +58,7 @@ EXPECTED = [
     "get_distorter",
     "get_hallucinator",
     "load_examples_file",
+    "load_pairs",
     "register_secret",
 ]
 

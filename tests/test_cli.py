@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import datasets
 import pytest
 from PIL import Image
 
+from povidgen import load_pairs
 from povidgen.cli import main
 
 
@@ -18,7 +18,7 @@ def test_build_demo_then_preview(tmp_path: Path, capsys: pytest.CaptureFixture[s
     summary = capsys.readouterr().out
     assert "pairs built:  6" in summary
     assert "rows failed:  0" in summary
-    pairs = datasets.load_from_disk(str(out))
+    pairs = load_pairs(out)
     assert len(pairs) == 6
     assert json.loads(pairs[0]["provenance"]["hallucinator_params"])["min_edits"] == 2
     assert pairs[0]["provenance"]["seed"] == 3
@@ -28,7 +28,7 @@ def test_build_demo_then_preview(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["preview", str(out), "--out", str(sheet), "-n", "2"]) == 0
     with Image.open(sheet) as image:
         assert image.width > 200
-    assert datasets.load_from_disk(str(out)).num_rows == 6  # the sheet beside it is harmless
+    assert load_pairs(out).num_rows == 6  # the sheet beside it is harmless
 
 
 def test_existing_output_needs_overwrite(
@@ -37,10 +37,16 @@ def test_existing_output_needs_overwrite(
     out = tmp_path / "pairs"
     args = ["build", "--demo", "--demo-size", "2", "--out", str(out)]
     assert main(args) == 0
-    assert main(args) == 2
-    assert "pass --overwrite" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(args) == 0  # the same build, finished: reported and left alone
+    assert "already holds this build" in capsys.readouterr().out
+    assert main([*args, "--seed", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "another configuration" in err
+    assert "seed: 0 there, 1 now" in err
+    assert "pass --overwrite" in err
     assert main([*args, "--overwrite", "--distorter", "none"]) == 0
-    assert "rejected_images" not in datasets.load_from_disk(str(out)).column_names
+    assert "rejected_images" not in load_pairs(out).column_names
 
     precious = tmp_path / "precious"
     precious.mkdir()
@@ -80,7 +86,7 @@ def test_llava_json_with_an_image_folder(
     code = main(["build", "--dataset", str(path), "--image-folder", str(images), "--out", str(out)])
     assert code == 0
     assert "image: 1 (image file not found" in capsys.readouterr().out
-    pairs = datasets.load_from_disk(str(out))
+    pairs = load_pairs(out)
     assert pairs["id"] == ["a"]
     assert pairs[0]["prompt"][0]["content"][1]["text"] == "What is there?"
     errors = [json.loads(line) for line in (out / "errors.jsonl").read_text().splitlines()]

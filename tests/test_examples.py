@@ -6,8 +6,9 @@ import runpy
 import sys
 from pathlib import Path
 
-import datasets
 import pytest
+
+from povidgen import load_pairs
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -19,7 +20,7 @@ def test_custom_hallucinator_example(
     monkeypatch.setattr(sys, "argv", ["custom_hallucinator.py", str(out)])
     runpy.run_path(str(EXAMPLES / "custom_hallucinator.py"), run_name="__main__")
     assert "pairs written to" in capsys.readouterr().out
-    pairs = datasets.load_from_disk(str(out))
+    pairs = load_pairs(out)
     assert len(pairs) >= 8
     for row in pairs:
         provenance = row["provenance"]

@@ -10,9 +10,9 @@ import stat
 from pathlib import Path
 from typing import Any
 
-import datasets
 import pytest
 
+from povidgen import load_pairs
 from povidgen.cli import main
 from povidgen.pairs import output as output_module
 from povidgen.pairs.builder import PairBuilder
@@ -26,7 +26,7 @@ def build_demo(out: Path, *extra: str) -> int:
 
 
 def loadable(path: Path) -> int:
-    return len(datasets.load_from_disk(str(path)))
+    return len(load_pairs(path))
 
 
 def user_folder(path: Path) -> Path:
@@ -60,14 +60,13 @@ def test_a_folder_made_during_the_run_is_left_alone(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "out"
-    real = PairBuilder.build
+    real = OutputFolder.begin
 
-    def build_while_a_user_writes(self: PairBuilder, **kwargs: Any) -> datasets.Dataset:
-        pairs = real(self, **kwargs)
-        user_folder(out)  # appears while the build runs
-        return pairs
+    def begin_while_a_user_writes(self: OutputFolder, configuration: Any) -> Path:
+        user_folder(out)  # appears between the check and the first write
+        return real(self, configuration)
 
-    monkeypatch.setattr(PairBuilder, "build", build_while_a_user_writes)
+    monkeypatch.setattr(OutputFolder, "begin", begin_while_a_user_writes)
     assert build_demo(out) == 2
     assert "is not a povidgen output folder" in capsys.readouterr().err
     assert (out / "thesis.tex").read_text() == "years of work"
@@ -108,7 +107,7 @@ def test_an_empty_result_is_a_loadable_dataset_with_every_column(tmp_path: Path)
     data.write_text(json.dumps({"image": "nowhere.png", "prompt": "q?", "answer": "a cup."}))
     out = tmp_path / "out"
     assert main(["build", "--dataset", str(data), "--out", str(out)]) == 1
-    empty = datasets.load_from_disk(str(out))
+    empty = load_pairs(out)
     assert len(empty) == 0
     assert {"images", "prompt", "chosen", "rejected", "provenance"} <= set(empty.column_names)
     assert (out / "errors.jsonl").read_text().count("\n") == 1
@@ -230,10 +229,10 @@ def test_ctrl_c_exits_130_without_a_traceback_and_keeps_the_old_output(
     out = tmp_path / "out"
     assert build_demo(out) == 0
 
-    def interrupted(self: PairBuilder, **kwargs: Any) -> datasets.Dataset:
+    def interrupted(self: PairBuilder, *args: Any, **kwargs: Any) -> Any:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(PairBuilder, "build", interrupted)
+    monkeypatch.setattr(PairBuilder, "run", interrupted)
     capsys.readouterr()
     assert build_demo(out, "--overwrite") == 130
     err = capsys.readouterr().err

@@ -5,26 +5,37 @@ The data flow for each row::
     row --read--> Example --hallucinator--> rejected text + edits ---\\
                      \\--distorter (optional)--> distorted image ------+--> PreferencePair --> row
 
+Rows stream: they are read lazily, decoded, distorted and encoded on a pool of worker
+threads while a sliding window keeps up to ``concurrency`` hallucinator calls in flight, and
+finished rows go to disk in input order as parquet shards (:mod:`povidgen.pairs.shards`), so
+memory does not grow with the dataset and a stopped run resumes where it stopped.
+
 A row that fails at any stage becomes a :class:`povidgen.RowError` (kept in
-:attr:`PairBuilder.errors`) and the run goes on; no row is dropped without a record, and no
-half-made pair is written.
+:attr:`PairBuilder.errors` and ``errors.jsonl``) and the run goes on; no row is dropped without
+a record, and no half-made pair is written.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeAlias, TypeVar
 
 import datasets
 from pydantic import ValidationError
+from tqdm import tqdm
 
 from povidgen.distort.base import Distorter
 from povidgen.errors import (
@@ -34,7 +45,9 @@ from povidgen.errors import (
     RunStoppedError,
 )
 from povidgen.hallucinate.base import HallucinationResult, Hallucinator
-from povidgen.pairs.trl_format import pair_features, pair_to_row
+from povidgen.pairs.output import OutputFolder
+from povidgen.pairs.shards import ERRORS, SUMMARY, ShardLimits, ShardWriter, load_pairs, row_size
+from povidgen.pairs.trl_format import pair_features, pair_to_row, png_bytes
 from povidgen.schema import Example, Hallucination, PreferencePair, Provenance, RowError, Stage
 from povidgen.seeding import derive_seed
 from povidgen.sources.images import DEFAULT_LIMITS, ImageLimits, SourceImage, open_image
@@ -52,21 +65,37 @@ DatasetLike: TypeAlias = datasets.Dataset | datasets.IterableDataset | Sequence[
 
 @dataclass
 class BuildReport:
-    """What a :meth:`PairBuilder.build` run did."""
+    """What a :meth:`PairBuilder.run` (or :meth:`PairBuilder.build`) did."""
 
     rows: int = 0
-    """Input rows read."""
+    """Input rows this run went through (rows an earlier run finished are in
+    :attr:`resumed_rows`)."""
     pairs: int = 0
-    """Pairs written."""
+    """Pairs in the output, including those an earlier run of a resumed build wrote."""
     errors_by_stage: Counter[str] = field(default_factory=Counter)
-    """Failed rows per stage (``input``, ``image``, ``hallucinate``, ``distort``, ``pair``)."""
+    """Failed rows per stage (``input``, ``image``, ``hallucinate``, ``distort``, ``pair``),
+    including those of earlier runs of a resumed build."""
     seconds: float = 0.0
     """Wall-clock time of the run."""
     cost_usd: float | None = None
-    """What the hallucinator's calls cost, when it keeps a tally (API providers)."""
+    """What the hallucinator's calls cost in this run, when it keeps a tally (API providers)."""
     stopped: str | None = None
-    """Why the run stopped early (bad credentials, exhausted quota, ``max_cost_usd``), if it
-    did; the rows after that point are recorded as not attempted."""
+    """Why the run stopped early (bad credentials, exhausted quota, ``max_cost_usd``, Ctrl-C),
+    if it did; the rows from that point on are not written, and running again resumes."""
+    complete: bool = False
+    """Every row of the input is in the output (as a pair or a failure)."""
+    resumed_rows: int = 0
+    """Rows an earlier, interrupted run had already finished."""
+    not_attempted: int = 0
+    """Rows not made because the run stopped (left for the next run)."""
+    withheld: int = 0
+    """Pairs made after the stop but left unwritten, since an earlier row was not made (their
+    replies are cached: the next run writes them without a call)."""
+    already_complete: bool = False
+    """The folder already held this build, finished; nothing was done."""
+    kept_earlier: bool = False
+    """An earlier output was kept: no pair was built (see ``allow_empty``) or the run stopped
+    before the replacement was finished."""
 
     @property
     def failed(self) -> int:
@@ -111,6 +140,13 @@ class PairBuilder:
         concurrency: int,
         batch_size: int,
         image_limits: ImageLimits = DEFAULT_LIMITS,
+        store_rejected_images: bool = True,
+        num_shards: int = 1,
+        shard_index: int = 0,
+        workers: int | None = None,
+        shard_limits: ShardLimits | None = None,
+        source: str | None = None,
+        ray_address: str | None = None,
     ) -> None:
         if not isinstance(hallucinator, Hallucinator):
             raise TypeError(
@@ -122,6 +158,12 @@ class PairBuilder:
             )
         if concurrency < 1 or batch_size < 1:
             raise ValueError("concurrency and batch_size must be at least 1")
+        if num_shards < 1 or not 0 <= shard_index < num_shards:
+            raise ValueError(
+                f"shard_index must be in [0, num_shards); got {shard_index} of {num_shards}"
+            )
+        if workers is not None and workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
         self._rows = rows
         self.hallucinator = hallucinator
         self.distorter = distorter
@@ -134,8 +176,16 @@ class PairBuilder:
         self.image_limits = image_limits
         self.concurrency = concurrency
         self.batch_size = batch_size
+        self.store_rejected_images = store_rejected_images
+        self.num_shards = num_shards
+        self.shard_index = shard_index
+        self.workers = workers or min(8, os.cpu_count() or 1)
+        self.shard_limits = shard_limits or ShardLimits()
+        self.source = source if source is not None else _describe(rows)
+        self.ray_address = ray_address
         self._stopped: RunStoppedError | None = None
         self._loop: _LoopThread | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self.errors: list[RowError] = []
         """Rows of the last run that did not become pairs, in input order."""
         self.report = BuildReport()
@@ -157,6 +207,13 @@ class PairBuilder:
         concurrency: int = 8,
         batch_size: int = 64,
         image_limits: ImageLimits | None = None,
+        store_rejected_images: bool = True,
+        num_shards: int = 1,
+        shard_index: int = 0,
+        workers: int | None = None,
+        shard_limits: ShardLimits | None = None,
+        source: str | None = None,
+        ray_address: str | None = None,
     ) -> PairBuilder:
         """A builder over ``dataset``.
 
@@ -177,6 +234,20 @@ class PairBuilder:
                 paths must stay inside ``image_folder`` (:class:`povidgen.sources.images.
                 ImageLimits`; its defaults when ``None``). A row over a limit is a
                 ``RowError`` of stage ``image``.
+            store_rejected_images: write the distorted images. ``False`` leaves the
+                ``rejected_images`` column out (about half a row's bytes): the distorters are
+                deterministic per seed, so a trainer given the same distorter remakes each
+                from the row's ``provenance.example_seed``.
+            num_shards, shard_index: build only the rows whose id hashes to ``shard_index``
+                of ``num_shards`` (one machine's share; ``povidgen merge`` joins the shares).
+            workers: threads that decode, distort and encode images beside the calls
+                (default: the CPU count, at most 8).
+            shard_limits: where output shards and row groups end.
+            source: what the input is, as recorded in the configuration (a resumed build
+                must name the same); by default the dataset's fingerprint or a description.
+            ray_address: run the rows on a Ray cluster through Ray Data (``"auto"``, ``"local"``
+                or a cluster address; needs the ``ray`` extra). The output is the same as a
+                local run's: rows are written in input order by this process.
 
         Raises:
             MissingColumnError: a named column is not in the dataset (the message lists those
@@ -213,223 +284,414 @@ class PairBuilder:
             concurrency=concurrency,
             batch_size=batch_size,
             image_limits=image_limits or DEFAULT_LIMITS,
+            store_rejected_images=store_rejected_images,
+            num_shards=num_shards,
+            shard_index=shard_index,
+            workers=workers,
+            shard_limits=shard_limits,
+            source=source,
+            ray_address=ray_address,
         )
 
-    def iter_results(
-        self, *, progress: Callable[[int], object] | None = None
-    ) -> Iterator[tuple[PreferencePair, bytes | None] | RowError]:
-        """Yield, in input order, each row's pair (with its source image bytes, if kept) or
-        its :class:`RowError`. ``progress(n)`` is called after every batch of ``n`` rows."""
-        self._loop = _LoopThread()
+    # -- identity -----------------------------------------------------------------------------
+
+    def configuration(self) -> dict[str, Any]:
+        """What determines this build's output, as recorded in ``povidgen-build.json`` and
+        ``summary.json``: a folder built with another configuration is not resumed."""
+        return {
+            "source": self.source,
+            "columns": {
+                "image": self.image_column,
+                "prompt": self.prompt_column,
+                "answer": self.answer_column,
+                "id": self.id_column,
+            },
+            "seed": self.seed,
+            "hallucinator": {"name": self.hallucinator.name, "params": self.hallucinator.params()},
+            "distorter": (
+                None
+                if self.distorter is None
+                else {"name": self.distorter.name, "params": self.distorter.params()}
+            ),
+            "rejected_images": self.store_rejected_images and self.distorter is not None,
+            "num_shards": self.num_shards,
+            "shard_index": self.shard_index,
+            "shards": self.shard_limits.as_dict(),
+            "image_limits": {
+                "max_bytes": self.image_limits.max_bytes,
+                "max_pixels": self.image_limits.max_pixels,
+                "confine": self.image_limits.confine,
+            },
+        }
+
+    def features(self) -> datasets.Features:
+        """The columns this build writes."""
+        return pair_features(
+            with_rejected_images=self.distorter is not None and self.store_rejected_images
+        )
+
+    # -- running ------------------------------------------------------------------------------
+
+    def run(
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        allow_empty: bool = False,
+        progress: bool | Callable[[int], object] | None = None,
+        inputs: Sequence[str | os.PathLike[str]] = (),
+    ) -> BuildReport:
+        """Stream every row's pair (or failure) into ``out_dir`` and return the report.
+
+        Pairs go to size-bounded parquet shards as they finish (:mod:`povidgen.pairs.shards`),
+        so memory does not grow with the dataset. Running again into the same folder after a
+        crash, a kill or Ctrl-C resumes: finished shards are kept, no row is written twice and
+        the result equals an uninterrupted run's, byte for byte. A finished folder with the
+        same configuration is left alone (``report.already_complete``); another configuration
+        there is an :class:`OutputFolderError` naming the difference unless ``overwrite``,
+        which builds anew beside the old output and swaps it in at the end.
+
+        Args:
+            out_dir: the output folder (created; the rules of :mod:`povidgen.pairs.output`).
+            overwrite: replace an earlier povidgen output there.
+            allow_empty: with ``overwrite``, replace it even when no pair was built.
+            progress: ``True`` for a tqdm bar (rows/s, failures, cost, ETA), or a callable
+                given the number of rows finished since its last call.
+            inputs: paths the build reads, which the output must not be, hold or lie in.
+
+        Raises:
+            OutputFolderError: the folder cannot be used (the message says why).
+            KeyboardInterrupt: after writing what was finished; the next run resumes.
+        """
+        folder = OutputFolder(out_dir, overwrite=overwrite, inputs=[Path(p) for p in inputs])
+        folder.check()
+        configuration = self.configuration()
+        self.errors = []
+        self.report = BuildReport()
+        with folder.lock():
+            state = folder.state(configuration)
+            if state == "complete" and not overwrite:
+                self.report = _report_from_summary(folder.path)
+                self.report.already_complete = True
+                logger.info("%s already holds this build; nothing to do", folder.path)
+                return self.report
+            if state in ("new", "resume"):
+                work = folder.begin(configuration)
+                staged = False
+            else:  # an earlier output, replaced at the end
+                work = folder.staging(configuration)
+                staged = True
+            try:
+                self._run_into(work, configuration, progress)
+            except BaseException:
+                if staged:
+                    shutil.rmtree(work, ignore_errors=True)
+                raise
+            if staged:
+                if self.report.pairs == 0 and not allow_empty and self.report.stopped is None:
+                    shutil.rmtree(work, ignore_errors=True)
+                    self.report.kept_earlier = True
+                elif self.report.complete:
+                    folder.commit(work)
+                else:  # stopped early: the earlier output stays; the new one is not finished
+                    shutil.rmtree(work, ignore_errors=True)
+                    self.report.kept_earlier = True
+        return self.report
+
+    def build(
+        self,
+        out_dir: str | os.PathLike[str] | None = None,
+        *,
+        overwrite: bool = False,
+        progress: bool | Callable[[int], object] | None = None,
+    ) -> datasets.Dataset:
+        """Run over every row and return the pairs as a ``datasets.Dataset`` backed by the
+        shard files on disk (memory-mapped), not held in RAM.
+
+        ``out_dir`` is where the shards go (resumable, as in :meth:`run`); a new temporary
+        folder when ``None``. The columns are those of
+        :func:`povidgen.pairs.trl_format.pair_features`. Rows that failed are in
+        :attr:`errors`; :attr:`report` has the counts and the time taken.
+        """
+        if out_dir is None:
+            out_dir = Path(tempfile.mkdtemp(prefix="povidgen-build-")) / "pairs"
+        self.run(out_dir, overwrite=overwrite, allow_empty=True, progress=progress)
+        # the memory-mapped Arrow copy stays inside the folder povidgen owns (hidden, so
+        # load_dataset(DIR) does not read it as data)
+        return load_pairs(out_dir, cache_dir=Path(out_dir) / ".cache")
+
+    def _run_into(
+        self,
+        work: Path,
+        configuration: dict[str, Any],
+        progress: bool | Callable[[int], object] | None,
+    ) -> None:
+        started = time.perf_counter()
+        writer = ShardWriter(work, self.features(), self.shard_limits)
+        previous = _earlier_errors(work, writer)
+        self.errors = list(previous)
+        report = self.report
+        report.resumed_rows = writer.pairs + writer.failed
+        for error in previous:
+            report.errors_by_stage[error.stage] += 1
+        tally = self._cost_tally()
+        spent_before = 0.0 if tally is None else tally
+        bar = _progress_bar(progress, self._total_rows(), report.resumed_rows)
+        withheld: list[RowError] = []
+        last_tick = time.perf_counter()
+        last_cost = spent_before
+        interrupted = False
         try:
-            yield from self._iterate(progress)
+            for index, outcome, resumable in self._outcomes(writer.next_index):
+                report.rows += 1
+                if withheld or (resumable and isinstance(outcome, RowError)):
+                    # from the first stopped row on, nothing is written: the next run resumes
+                    if isinstance(outcome, RowError):
+                        withheld.append(outcome)
+                        report.not_attempted += 1
+                    else:
+                        report.withheld += 1
+                elif isinstance(outcome, RowError):
+                    self.errors.append(outcome)
+                    report.errors_by_stage[outcome.stage] += 1
+                    writer.add_error(outcome)
+                else:
+                    writer.add_pair(index, outcome.id, outcome.row, outcome.size)
+                now = time.perf_counter()
+                cost = self._cost_tally()
+                writer.account(
+                    seconds=now - last_tick,
+                    cost_usd=None if cost is None else cost - last_cost,
+                )
+                last_tick, last_cost = now, (cost if cost is not None else last_cost)
+                bar.advance(failed=report.failed + report.not_attempted, cost=cost)
+        except BaseException:
+            interrupted = True
+            raise
         finally:
+            bar.close()
+            if interrupted or withheld or report.withheld:
+                writer.suspend()
+            else:
+                writer.finish()
+            report.pairs = writer.pairs
+            report.complete = not interrupted and not withheld and not report.withheld
+            report.seconds = time.perf_counter() - started
+            cost = self._cost_tally()
+            report.cost_usd = None if cost is None else cost - spent_before
+            report.stopped = None if self._stopped is None else str(self._stopped)
+            if interrupted:
+                report.stopped = report.stopped or "interrupted"
+            _write_summary(work, configuration, report, writer, self.errors)
+            self.errors.extend(withheld)
+            if withheld:
+                _append_errors(work, withheld)  # visible now; truncated and redone on resume
+            logger.info(
+                "%s %d pairs from %d rows (%d failed) in %.1fs",
+                "built" if report.complete else "stopped after",
+                report.pairs,
+                report.rows + report.resumed_rows,
+                report.failed,
+                report.seconds,
+            )
+
+    def _cost_tally(self) -> float | None:
+        tally = getattr(self.hallucinator, "cost", None)
+        spent = getattr(tally, "spent", None)
+        return float(spent) if isinstance(spent, int | float) else None
+
+    def _total_rows(self) -> int | None:
+        try:
+            total = len(self._rows)  # type: ignore[arg-type]
+        except TypeError:
+            return None
+        if self.num_shards > 1:
+            return None  # which rows are this shard's is known only as they are read
+        return total
+
+    def _in_shard(self, row_id: str) -> bool:
+        if self.num_shards == 1:
+            return True
+        digest = hashlib.sha256(row_id.encode("utf-8")).digest()
+        return int.from_bytes(digest[:8], "big") % self.num_shards == self.shard_index
+
+    # -- the pipeline -------------------------------------------------------------------------
+
+    def _outcomes(self, start: int) -> Iterator[tuple[int, _Done | RowError, bool]]:
+        """``(position, outcome, resumable)`` for each row of this shard from ``start`` on,
+        in input order; ``resumable`` marks rows not done because the run stopped."""
+        if self.ray_address is not None:
+            from povidgen.pairs.ray_engine import ray_outcomes
+
+            yield from ray_outcomes(self, start)
+            return
+        self._loop = _LoopThread()
+        self._stopped = None
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="povidgen-rows")
+        try:
+            if self.hallucinator.streams:
+                yield from self._stream(start)
+            else:
+                yield from self._batches(start)
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
             try:
                 self._loop.run(self.hallucinator.aclose())
             finally:
                 self._loop.close()
                 self._loop = None
 
-    def _iterate(
-        self, progress: Callable[[int], object] | None
-    ) -> Iterator[tuple[PreferencePair, bytes | None] | RowError]:
-        if self.hallucinator.streams:
-            yield from self._iterate_streaming(progress)
-        else:
-            yield from self._iterate_batches(progress)
-
-    def _iterate_streaming(
-        self, progress: Callable[[int], object] | None
-    ) -> Iterator[tuple[PreferencePair, bytes | None] | RowError]:
-        """A sliding window: each row's call starts as soon as the row is read (the event loop
-        keeps up to ``concurrency`` calls in flight at all times, with no batch barrier), while
-        this thread decodes the next rows and distorts and assembles finished ones. Results
-        come out in input order; at most ``4 x concurrency`` rows wait in the window."""
-        assert self._loop is not None
-        loop = self._loop.loop
-        slots = self._loop.run(_semaphore(self.concurrency))
-        window: deque[tuple[_Pending | RowError, Future[HallucinationResult] | None]] = deque()
+    def _rows_from(self, start: int) -> Iterator[tuple[int, Mapping[str, Any], str | RowError]]:
+        """This shard's rows from ``start`` on, each with its id or its input error (ids of
+        earlier rows are still read, so a duplicate of a finished row is caught)."""
         seen: dict[str, int] = {}
-        self._stopped = None
+        for index, row in enumerate(self._rows):
+            identity = self._identify(index, row, seen)
+            row_id = identity if isinstance(identity, str) else identity.id
+            if not self._in_shard(row_id) or index < start:
+                continue
+            yield index, row, identity
 
-        def finish() -> tuple[PreferencePair, bytes | None] | RowError:
-            item, future = window.popleft()
-            if isinstance(item, RowError):
-                outcome: tuple[PreferencePair, bytes | None] | RowError = item
-            else:
-                assert future is not None
-                result = future.result()
-                self._note_stop(result)
-                outcome = self._assemble(item, result)
-            if isinstance(outcome, RowError):
-                logger.info(
-                    "row %d (%s) failed at %s: %s",
-                    outcome.index,
-                    outcome.id,
-                    outcome.stage,
-                    outcome.reason,
-                )
-            if progress is not None:
-                progress(1)
-            return outcome
+    def _stream(self, start: int) -> Iterator[tuple[int, _Done | RowError, bool]]:
+        """A sliding window: each row is decoded, sent and distorted on the worker pool as
+        soon as it is read (the event loop keeps up to ``concurrency`` calls in flight, with
+        no batch barrier); outcomes leave in input order, and at most
+        ``4 x concurrency + 2 x workers`` rows wait in the window."""
+        assert self._loop is not None
+        assert self._pool is not None
+        slots = self._loop.run(_semaphore(self.concurrency))
+        window: deque[tuple[int, Future[_Prepared | RowError]]] = deque()
+        limit = 4 * self.concurrency + 2 * self.workers
+
+        def finish() -> tuple[int, _Done | RowError, bool]:
+            index, future = window.popleft()
+            prepared = future.result()
+            if isinstance(prepared, RowError):
+                return index, prepared, prepared.error_type == "RunStoppedError"
+            result = prepared.call.result() if prepared.call is not None else None
+            return index, *self._complete(prepared, result)
 
         try:
-            for index, row in enumerate(self._rows):
-                if self._stopped is not None:
-                    window.append((self._not_attempted(index, row), None))
+            for index, row, identity in self._rows_from(start):
+                if isinstance(identity, RowError):
+                    done: Future[_Prepared | RowError] = Future()
+                    done.set_result(identity)
+                    window.append((index, done))
                 else:
-                    read = self._read(index, row, seen)
-                    if isinstance(read, RowError):
-                        window.append((read, None))
-                    else:
-                        call = _bounded_call(self.hallucinator, read.example, slots)
-                        window.append((read, asyncio.run_coroutine_threadsafe(call, loop)))
-                while window and (window[0][1] is None or window[0][1].done()):
-                    yield finish()
-                while len(window) >= 4 * self.concurrency:
-                    yield finish()  # waits for the oldest row: the read-ahead stays bounded
+                    window.append(
+                        (index, self._pool.submit(self._prepare, index, row, identity, slots))
+                    )
+                while window and _ready(window[0][1]):
+                    yield self._logged(finish())
+                while len(window) >= limit:
+                    yield self._logged(finish())  # the read-ahead stays bounded
             while window:
-                yield finish()
+                yield self._logged(finish())
         finally:
             for _, future in window:  # interrupted: no call outlives the run
-                if future is not None:
-                    future.cancel()
+                future.cancel()
+                if future.done() and not future.cancelled():
+                    prepared = future.result()
+                    if not isinstance(prepared, RowError) and prepared.call is not None:
+                        prepared.call.cancel()
 
-    def _not_attempted(self, index: int, row: Mapping[str, Any]) -> RowError:
-        """The record of a row read after the run stopped (its image is not even decoded)."""
-        stopped = RunStoppedError(f"not attempted: {self._stopped}")
-        return _row_error(self._row_id(index, row), index, "hallucinate", stopped)
-
-    def _note_stop(self, result: HallucinationResult) -> None:
-        if isinstance(result, RunStoppedError) and self._stopped is None:
-            # the hallucinator keeps the first cause; in-flight rows only say "not attempted"
-            cause = getattr(self.hallucinator, "stopped", None)
-            self._stopped = cause if isinstance(cause, RunStoppedError) else result
-
-    def _iterate_batches(
-        self, progress: Callable[[int], object] | None
-    ) -> Iterator[tuple[PreferencePair, bytes | None] | RowError]:
+    def _batches(self, start: int) -> Iterator[tuple[int, _Done | RowError, bool]]:
         """Batches of ``batch_size`` rows, for hallucinators that take rows together."""
-        batch: list[tuple[int, Mapping[str, Any]]] = []
-        seen: dict[str, int] = {}
-        self._stopped = None
-        for index, row in enumerate(self._rows):
-            if self._stopped is not None:
-                yield self._not_attempted(index, row)
-                if progress is not None:
-                    progress(1)
-                continue
-            batch.append((index, row))
+        assert self._loop is not None
+        assert self._pool is not None
+        batch: list[tuple[int, Mapping[str, Any], str | RowError]] = []
+
+        def process() -> Iterator[tuple[int, _Done | RowError, bool]]:
+            assert self._loop is not None
+            assert self._pool is not None
+            prepared = list(
+                self._pool.map(lambda item: self._prepare(item[0], item[1], item[2], None), batch)
+            )
+            pending = [p for p in prepared if isinstance(p, _Prepared)]
+            results = self._loop.run(
+                self.hallucinator.ahallucinate_many(
+                    [p.pending.example for p in pending], concurrency=self.concurrency
+                )
+            )
+            by_index = {p.pending.index: r for p, r in zip(pending, results, strict=True)}
+            for (index, _, _), item in zip(batch, prepared, strict=True):
+                if isinstance(item, RowError):
+                    yield self._logged((index, item, item.error_type == "RunStoppedError"))
+                else:
+                    yield self._logged((index, *self._complete(item, by_index[index])))
+
+        for item in self._rows_from(start):
+            batch.append(item)
             if len(batch) == self.batch_size:
-                yield from self._process(batch, seen)
-                if progress is not None:
-                    progress(len(batch))
+                yield from process()
                 batch = []
         if batch:
-            yield from self._process(batch, seen)
-            if progress is not None:
-                progress(len(batch))
+            yield from process()
 
-    def build(self, *, progress: Callable[[int], object] | None = None) -> datasets.Dataset:
-        """Run over every row and return the pairs as a ``datasets.Dataset``.
-
-        The columns are those of :func:`povidgen.pairs.trl_format.pair_features`. Rows that
-        failed are in :attr:`errors`; :attr:`report` has the counts and the time taken.
-        """
-        started = time.perf_counter()
-        self.errors = []
-        self.report = BuildReport()
-        features = pair_features(with_rejected_images=self.distorter is not None)
-        chunks: list[datasets.Dataset] = []
-        rows: list[dict[str, Any]] = []
-        for result in self.iter_results(progress=progress):
-            self.report.rows += 1
-            if isinstance(result, RowError):
-                self.errors.append(result)
-                self.report.errors_by_stage[result.stage] += 1
-                continue
-            pair, image_bytes = result
-            rows.append(pair_to_row(pair, image_bytes=image_bytes))
-            self.report.pairs += 1
-            if len(rows) >= 1024:  # bounds the Python-object copy of the rows in memory
-                chunks.append(datasets.Dataset.from_list(rows, features=features))
-                rows = []
-        if rows:
-            chunks.append(datasets.Dataset.from_list(rows, features=features))
-        if not chunks:  # from_list([]) would drop the columns, so build the empty table by name
-            chunks.append(datasets.Dataset.from_dict({c: [] for c in features}, features=features))
-        pairs = chunks[0] if len(chunks) == 1 else datasets.concatenate_datasets(chunks)
-        self.report.seconds = time.perf_counter() - started
-        tally = getattr(self.hallucinator, "cost", None)
-        self.report.cost_usd = getattr(tally, "spent", None)
-        self.report.stopped = None if self._stopped is None else str(self._stopped)
-        logger.info(
-            "built %d pairs from %d rows (%d failed) in %.1fs",
-            self.report.pairs,
-            self.report.rows,
-            self.report.failed,
-            self.report.seconds,
-        )
-        return pairs
-
-    def _process(
-        self, batch: list[tuple[int, Mapping[str, Any]]], seen: dict[str, int]
-    ) -> Iterator[tuple[PreferencePair, bytes | None] | RowError]:
-        outcomes: dict[int, tuple[PreferencePair, bytes | None] | RowError] = {}
-        pending: list[_Pending] = []
-        for index, row in batch:
-            read = self._read(index, row, seen)
-            if isinstance(read, RowError):
-                outcomes[index] = read
-            else:
-                pending.append(read)
-
-        assert self._loop is not None
-        results = self._loop.run(
-            self.hallucinator.ahallucinate_many(
-                [p.example for p in pending], concurrency=self.concurrency
+    def _logged(
+        self, outcome: tuple[int, _Done | RowError, bool]
+    ) -> tuple[int, _Done | RowError, bool]:
+        _, item, _ = outcome
+        if isinstance(item, RowError):
+            logger.info(
+                "row %d (%s) failed at %s: %s", item.index, item.id, item.stage, item.reason
             )
-        )
-        for result in results:
-            self._note_stop(result)
-        for item, result in zip(pending, results, strict=True):
-            outcomes[item.index] = self._assemble(item, result)
+        return outcome
 
-        for index, _ in batch:
-            outcome = outcomes[index]
-            if isinstance(outcome, RowError):
-                logger.info(
-                    "row %d (%s) failed at %s: %s", index, outcome.id, outcome.stage, outcome.reason
-                )
-            yield outcome
-
-    def _row_id(self, index: int, row: Mapping[str, Any]) -> str:
-        if self.id_column is not None and row.get(self.id_column) not in (None, ""):
-            return str(row[self.id_column])
-        return f"row-{index}"
-
-    def _read(
-        self, index: int, row: Mapping[str, Any], seen: dict[str, int]
-    ) -> _Pending | RowError:
+    def _identify(self, index: int, row: Mapping[str, Any], seen: dict[str, int]) -> str | RowError:
+        """The row's id, or its input error (a missing column, an empty or repeated id)."""
         row_id = f"row-{index}"
-
-        def fail(stage: Stage, error: BaseException | str) -> RowError:
-            return _row_error(row_id, index, stage, error)
-
         for column in (self.image_column, self.prompt_column, self.answer_column, self.id_column):
             if column is not None and column not in row:
-                return fail("input", MissingColumnError("a", column, row.keys()))
+                return _row_error(row_id, index, "input", MissingColumnError("a", column, row))
         if self.id_column is not None:
             raw_id = row[self.id_column]
             if raw_id is None or not str(raw_id).strip():
-                return fail("input", InvalidExampleError(f"empty id in column {self.id_column!r}"))
+                error = InvalidExampleError(f"empty id in column {self.id_column!r}")
+                return _row_error(row_id, index, "input", error)
             row_id = str(raw_id)
         if row_id in seen:
-            return fail(
-                "input",
-                InvalidExampleError(f"duplicate id {row_id!r} (first seen at row {seen[row_id]})"),
+            error = InvalidExampleError(
+                f"duplicate id {row_id!r} (first seen at row {seen[row_id]})"
             )
+            return _row_error(row_id, index, "input", error)
         seen[row_id] = index
+        return row_id
+
+    def _prepare(
+        self,
+        index: int,
+        row: Mapping[str, Any],
+        row_id: str,
+        slots: asyncio.Semaphore | None,
+    ) -> _Prepared | RowError:
+        """On a worker: check and decode the row, start its call (when ``slots`` is given),
+        and distort and encode its images while the call is in flight."""
+        if self._stopped is not None:
+            stopped = RunStoppedError(f"not attempted: {self._stopped}")
+            return _row_error(row_id, index, "hallucinate", stopped)
+        read = self._read(index, row, row_id)
+        if isinstance(read, RowError):
+            return read
+        call = None
+        if slots is not None:
+            assert self._loop is not None
+            coroutine = _bounded_call(self.hallucinator, read.example, slots)
+            call = asyncio.run_coroutine_threadsafe(coroutine, self._loop.loop)
+        prepared = _Prepared(read, call)
+        image = read.example.image
+        if self.distorter is not None and self.store_rejected_images:
+            try:
+                distorted = self.distorter(image, seed=read.example.seed)
+                prepared.rejected_bytes = png_bytes(distorted)
+            except Exception as error:  # noqa: BLE001 - a third-party distorter may raise anything
+                prepared.distort_error = error
+        prepared.image_bytes = read.source.encoded or png_bytes(image)
+        return prepared
+
+    def _read(self, index: int, row: Mapping[str, Any], row_id: str) -> _Pending | RowError:
+        def fail(stage: Stage, error: BaseException | str) -> RowError:
+            return _row_error(row_id, index, stage, error)
 
         prompt, answer = row[self.prompt_column], row[self.answer_column]
         for role, value in (("prompt", prompt), ("answer", answer)):
@@ -469,26 +731,26 @@ class PairBuilder:
         )
         return _Pending(index, example, source)
 
-    def _assemble(
-        self, item: _Pending, result: Hallucination | Exception
-    ) -> tuple[PreferencePair, bytes | None] | RowError:
-        example = item.example
+    def _complete(self, prepared: _Prepared, result: object) -> tuple[_Done | RowError, bool]:
+        """The row's pair from its prepared images and its call's result, or its failure
+        (and whether it failed because the run stopped, so a later run makes it)."""
+        example = prepared.pending.example
+        index = prepared.pending.index
+        if isinstance(result, RunStoppedError):
+            self._note_stop(result)
+            return _row_error(example.id, index, "hallucinate", result), True
         if isinstance(result, Exception):
-            return _row_error(example.id, item.index, "hallucinate", result)
+            return _row_error(example.id, index, "hallucinate", result), False
         if not isinstance(result, Hallucination):
             return _row_error(
                 example.id,
-                item.index,
+                index,
                 "hallucinate",
                 f"{type(self.hallucinator).__name__}.ahallucinate returned "
                 f"{type(result).__name__}, not a Hallucination",
-            )
-        rejected_image = None
-        if self.distorter is not None:
-            try:
-                rejected_image = self.distorter(example.image, seed=example.seed)
-            except Exception as error:  # noqa: BLE001 - a third-party distorter may raise anything
-                return _row_error(example.id, item.index, "distort", error)
+            ), False
+        if prepared.distort_error is not None:
+            return _row_error(example.id, index, "distort", prepared.distort_error), False
         try:
             pair = PreferencePair(
                 id=example.id,
@@ -496,7 +758,7 @@ class PairBuilder:
                 prompt=example.prompt,
                 chosen=example.answer,
                 rejected=result.rejected,
-                rejected_image=rejected_image,
+                rejected_image=None,
                 provenance=Provenance(
                     hallucinator=self.hallucinator.name,
                     hallucinator_params=self.hallucinator.params(),
@@ -510,8 +772,160 @@ class PairBuilder:
             )
         except ValidationError as error:
             reason = "; ".join(e["msg"] for e in error.errors())
-            return _row_error(example.id, item.index, "pair", f"invalid pair: {reason}")
-        return pair, item.source.encoded
+            return _row_error(example.id, index, "pair", f"invalid pair: {reason}"), False
+        row = pair_to_row(
+            pair, image_bytes=prepared.image_bytes, rejected_image_bytes=prepared.rejected_bytes
+        )
+        return _Done(example.id, row, row_size(row)), False
+
+    def _note_stop(self, result: RunStoppedError) -> None:
+        if self._stopped is None:
+            # the hallucinator keeps the first cause; in-flight rows only say "not attempted"
+            cause = getattr(self.hallucinator, "stopped", None)
+            self._stopped = cause if isinstance(cause, RunStoppedError) else result
+
+
+@dataclass
+class _Prepared:
+    """A row read and decoded, its call started, its images encoded."""
+
+    pending: _Pending
+    call: Future[HallucinationResult] | None
+    image_bytes: bytes = b""
+    rejected_bytes: bytes | None = None
+    distort_error: Exception | None = None
+
+
+@dataclass
+class _Done:
+    """A finished pair: its id, its row in the output columns and its size in bytes."""
+
+    id: str
+    row: dict[str, Any]
+    size: int
+
+
+def _ready(future: Future[_Prepared | RowError]) -> bool:
+    if not future.done():
+        return False
+    prepared = future.result()
+    return isinstance(prepared, RowError) or prepared.call is None or prepared.call.done()
+
+
+class _ProgressBar:
+    """A tqdm bar (rows/s and ETA by tqdm; failures and cost in its postfix), or a callback."""
+
+    def __init__(self, bar: tqdm[Any] | None, callback: Callable[[int], object] | None) -> None:
+        self.bar = bar
+        self.callback = callback
+
+    def advance(self, *, failed: int, cost: float | None) -> None:
+        if self.callback is not None:
+            self.callback(1)
+        if self.bar is not None:
+            self.bar.update(1)
+            postfix = f"failed={failed}" + ("" if cost is None else f", cost=${cost:.4f}")
+            self.bar.set_postfix_str(postfix, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _progress_bar(
+    progress: bool | Callable[[int], object] | None, total: int | None, done: int
+) -> _ProgressBar:
+    if progress is True:
+        bar = tqdm(total=total, initial=done, unit="row", desc="building pairs", smoothing=0.05)
+        return _ProgressBar(bar, None)
+    if callable(progress):
+        return _ProgressBar(None, progress)
+    return _ProgressBar(None, None)
+
+
+def _earlier_errors(folder: Path, writer: ShardWriter) -> list[RowError]:
+    """The failures already written (finished segments, then the open one's)."""
+    errors: list[RowError] = []
+    path = folder / ERRORS
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                errors.append(RowError.model_validate_json(line))
+    errors.extend(writer.taken_back()[1])
+    return errors
+
+
+def _append_errors(folder: Path, errors: Sequence[RowError]) -> None:
+    with (folder / ERRORS).open("a", encoding="utf-8") as handle:
+        for error in errors:
+            handle.write(json.dumps(error.model_dump(mode="json"), ensure_ascii=False) + "\n")
+
+
+def _write_summary(
+    folder: Path,
+    configuration: dict[str, Any],
+    report: BuildReport,
+    writer: ShardWriter,
+    errors: Sequence[RowError],
+) -> None:
+    """``summary.json``: counts, failures by stage and reason, cost, time and configuration
+    (time and cost added up over every run that wrote the folder)."""
+    failures: dict[str, dict[str, int]] = {}
+    for error in errors:
+        by_reason = failures.setdefault(error.stage, {})
+        by_reason[error.reason] = by_reason.get(error.reason, 0) + 1
+    seconds = sum(s.seconds for s in writer.segments)
+    costs = [s.cost_usd for s in writer.segments if s.cost_usd is not None]
+    previous = _read_json(folder / SUMMARY)
+    runs = int(previous.get("runs", 0)) + 1 if isinstance(previous, dict) else 1
+    total_seconds = float(previous.get("seconds_all_runs", 0.0)) if previous else 0.0
+    total_seconds += report.seconds
+    total_cost = float(previous.get("cost_usd_all_runs") or 0.0) if previous else 0.0
+    total_cost += report.cost_usd or 0.0
+    rows = writer.pairs + writer.failed
+    summary = {
+        "complete": report.complete,
+        "stopped": report.stopped,
+        "rows": rows,
+        "pairs": writer.pairs,
+        "failed": writer.failed,
+        "not_attempted": report.not_attempted + report.withheld,
+        "failures": {stage: dict(sorted(r.items())) for stage, r in sorted(failures.items())},
+        "shards": len(writer.segments),
+        "cost_usd": sum(costs) if costs else None,
+        "cost_usd_all_runs": total_cost if report.cost_usd is not None or costs else None,
+        "seconds": round(seconds, 3),
+        "seconds_all_runs": round(total_seconds, 3),
+        "rows_per_second": round(rows / seconds, 3) if seconds > 0 else None,
+        "runs": runs,
+        "povidgen_version": _version(),
+        "configuration": configuration,
+    }
+    text = json.dumps(summary, indent=2, ensure_ascii=False) + "\n"
+    temporary = folder / f".{SUMMARY}.tmp"
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, folder / SUMMARY)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _report_from_summary(folder: Path) -> BuildReport:
+    summary = _read_json(folder / SUMMARY) or {}
+    report = BuildReport(
+        rows=0,
+        pairs=int(summary.get("pairs", 0)),
+        complete=bool(summary.get("complete", False)),
+    )
+    report.resumed_rows = int(summary.get("rows", 0))
+    for stage, reasons in (summary.get("failures") or {}).items():
+        report.errors_by_stage[stage] += sum(reasons.values())
+    return report
 
 
 class _LoopThread:
@@ -595,6 +1009,19 @@ def _without_image_decoding(
     ):
         return dataset.cast_column(column, datasets.List(datasets.Image(decode=False)))
     return dataset
+
+
+def _describe(rows: Iterable[Mapping[str, Any]]) -> str:
+    """A default ``source`` for the configuration: what identifies the input without reading
+    it all."""
+    if isinstance(rows, datasets.Dataset):
+        return f"datasets.Dataset {rows._fingerprint} ({rows.num_rows} rows)"
+    if isinstance(rows, datasets.IterableDataset):
+        return f"datasets.IterableDataset {rows.info.dataset_name or ''}".strip()
+    try:
+        return f"{len(rows)} rows in memory"  # type: ignore[arg-type]
+    except TypeError:
+        return "rows from an iterable"
 
 
 def _version() -> str:

@@ -3,8 +3,13 @@
 Rules (each checked when the run starts and again at the moment of writing):
 
 * A folder is povidgen's only if it holds :data:`MARKER` (``povidgen-build.json``), which
-  povidgen writes into every output before anything else. A non-empty folder without it is
-  never written into, replaced or deleted, ``--overwrite`` or not.
+  povidgen writes into every output before anything else, with the build's configuration. A
+  non-empty folder without it is never written into, replaced or deleted, ``--overwrite`` or
+  not.
+* A folder holding an unfinished build with the same configuration is resumed in place; a
+  finished one is left alone; one built with another configuration is an error naming the
+  difference, unless ``--overwrite``, which builds anew in a staging folder and swaps it in
+  only when it is finished.
 * The output is never an input: not the dataset folder, not inside it, not holding it.
 * ``--out`` must not be a symbolic link (dangling or not) or a file, and its parent must be
   writable.
@@ -27,12 +32,17 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any, Literal
 
 from povidgen.errors import PovidgenError
 
-__all__ = ["MARKER", "OutputFolder", "OutputFolderError", "unwritable_parent"]
+__all__ = ["MARKER", "FolderState", "OutputFolder", "OutputFolderError", "unwritable_parent"]
+
+FolderState = Literal["new", "resume", "complete", "replace"]
+"""What a build does with its output folder: start it, resume it, leave it (finished), or
+build anew beside it and swap (``--overwrite``)."""
 
 MARKER = "povidgen-build.json"
 """The file that marks a folder as a povidgen build output."""
@@ -61,7 +71,8 @@ class OutputFolder:
     # -- checks -------------------------------------------------------------------------------
 
     def check(self) -> None:
-        """Raise :class:`OutputFolderError` if writing ``path`` would break a rule."""
+        """Raise :class:`OutputFolderError` if writing ``path`` would break a rule (a link, a
+        file, an unwritable parent, an input, a non-empty folder that is not povidgen's)."""
         path = self.path
         if path.is_symlink():
             target = os.readlink(path)
@@ -82,16 +93,60 @@ class OutputFolder:
                     f"--out {path} is, holds or lies inside the input {source}; "
                     "choose a folder apart from the inputs"
                 )
-        if path.is_dir() and any(path.iterdir()):
-            if not (path / MARKER).is_file():
-                raise OutputFolderError(
-                    f"--out {path} exists, is not empty and is not a povidgen output folder "
-                    f"(no {MARKER}); choose a new or empty folder"
-                )
-            if not self.overwrite:
-                raise OutputFolderError(
-                    f"--out {path} holds an earlier povidgen output; pass --overwrite to replace it"
-                )
+        if path.is_dir() and any(path.iterdir()) and not (path / MARKER).is_file():
+            raise OutputFolderError(
+                f"--out {path} exists, is not empty and is not a povidgen output folder "
+                f"(no {MARKER}); choose a new or empty folder"
+            )
+
+    def state(self, configuration: Mapping[str, Any]) -> FolderState:
+        """What a build with ``configuration`` does with the folder (checked under the lock).
+
+        Raises:
+            OutputFolderError: the folder holds another build and ``overwrite`` is off.
+        """
+        self.check()
+        path = self.path
+        if not path.exists() or not any(path.iterdir()):
+            return "new"
+        marker = _read_json(path / MARKER)
+        earlier = marker.get("configuration") if marker else None
+        wanted = _normalised(configuration)
+        if not isinstance(earlier, dict):
+            if self.overwrite:
+                return "replace"
+            raise OutputFolderError(
+                f"--out {path} holds a povidgen output in an older layout; pass --overwrite "
+                "to replace it"
+            )
+        if earlier != wanted:
+            if self.overwrite:
+                return "replace"
+            raise OutputFolderError(
+                f"--out {path} holds a build with another configuration "
+                f"({_difference(earlier, wanted)}); pass --overwrite to replace it, or "
+                "choose another folder"
+            )
+        summary = _read_json(path / "summary.json")
+        if summary and summary.get("complete") is True:
+            return "replace" if self.overwrite else "complete"
+        return "resume"
+
+    def begin(self, configuration: Mapping[str, Any]) -> Path:
+        """Create the folder (if new) with its marker, and return it.
+
+        The folder is made with one ``mkdir``; if it appeared since the last check, the check
+        runs again, so a folder a user made in the meantime is never written into.
+        """
+        if not self.path.exists():
+            with contextlib.suppress(FileExistsError):  # made since: checked below
+                self.path.mkdir(parents=True)
+        if not (self.path / MARKER).is_file():
+            self.check()
+            if any(self.path.iterdir()):
+                raise OutputFolderError(f"--out {self.path} changed during the start of the run")
+            _write_marker(self.path, configuration)
+        return self.path
 
     def holds_dataset(self) -> bool:
         """Whether ``path`` holds a povidgen output now."""
@@ -140,13 +195,12 @@ class OutputFolder:
             lock_path.unlink(missing_ok=True)
             handle.close()
 
-    def staging(self) -> Path:
+    def staging(self, configuration: Mapping[str, Any] | None = None) -> Path:
         """A new sibling staging folder that already holds the marker."""
         parent = self.path.absolute().parent
         folder = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.partial-", dir=parent))
         os.chmod(folder, 0o777 & ~_umask())  # mkdtemp makes 0700; outputs follow the umask
-        marker = {"povidgen": _version(), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        (folder / MARKER).write_text(json.dumps(marker) + "\n", encoding="utf-8")
+        _write_marker(folder, configuration)
         return folder
 
     def commit(self, staging: Path) -> None:
@@ -207,6 +261,48 @@ def _exchange(first: Path, second: Path) -> bool:
     if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
         return False  # the kernel or the file system cannot exchange
     raise OSError(code, os.strerror(code), str(second))
+
+
+def _write_marker(folder: Path, configuration: Mapping[str, Any] | None) -> None:
+    marker: dict[str, Any] = {
+        "povidgen": _version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    if configuration is not None:
+        marker["configuration"] = _normalised(configuration)
+    temporary = folder / f".{MARKER}.tmp"
+    temporary.write_text(json.dumps(marker, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(temporary, folder / MARKER)
+
+
+def _normalised(configuration: Mapping[str, Any]) -> dict[str, Any]:
+    """``configuration`` as it reads back from JSON (tuples become lists, keys sorted)."""
+    result: dict[str, Any] = json.loads(json.dumps(configuration, sort_keys=True))
+    return result
+
+
+def _difference(earlier: Mapping[str, Any], now: Mapping[str, Any], prefix: str = "") -> str:
+    """The settings that differ, as ``name: X there, Y now`` (at most three)."""
+    found: list[str] = []
+    for key in sorted(set(earlier) | set(now)):
+        before, after = earlier.get(key), now.get(key)
+        if before == after:
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(before, Mapping) and isinstance(after, Mapping):
+            found.append(_difference(before, after, f"{name}."))
+        else:
+            found.append(f"{name}: {json.dumps(before)} there, {json.dumps(after)} now")
+    shown = [f for f in found if f]
+    return "; ".join(shown[:3]) + (f"; and {len(shown) - 3} more" if len(shown) > 3 else "")
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _umask() -> int:

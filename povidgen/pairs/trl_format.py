@@ -29,7 +29,7 @@ from PIL import Image as PILImage
 
 from povidgen.schema import PreferencePair
 
-__all__ = ["message_text", "pair_features", "pair_to_row"]
+__all__ = ["message_text", "pair_features", "pair_to_row", "png_bytes"]
 
 _CONTENT = List({"type": Value("string"), "text": Value("string")})
 _MESSAGES = List({"role": Value("string"), "content": _CONTENT})
@@ -67,17 +67,23 @@ def pair_features(*, with_rejected_images: bool) -> Features:
     return Features(columns)
 
 
-def pair_to_row(pair: PreferencePair, *, image_bytes: bytes | None = None) -> dict[str, Any]:
+def pair_to_row(
+    pair: PreferencePair,
+    *,
+    image_bytes: bytes | None = None,
+    rejected_image_bytes: bytes | None = None,
+) -> dict[str, Any]:
     """One dataset row for ``pair``.
 
     ``image_bytes``, when given, are stored for the clean image as they are (the source JPEG,
     say) instead of re-encoding ``pair.image`` as PNG. The distorted image is always stored as
-    PNG, since lossy compression would change the noise.
+    PNG, since lossy compression would change the noise: ``pair.rejected_image`` encoded here,
+    or ``rejected_image_bytes`` already encoded (the column is written when either is given).
     """
     provenance = pair.provenance
     row: dict[str, Any] = {
         "id": pair.id,
-        "images": [{"bytes": image_bytes or _png(pair.image), "path": None}],
+        "images": [{"bytes": image_bytes or png_bytes(pair.image), "path": None}],
         "prompt": [
             {
                 "role": "user",
@@ -87,8 +93,10 @@ def pair_to_row(pair: PreferencePair, *, image_bytes: bytes | None = None) -> di
         "chosen": _assistant(pair.chosen),
         "rejected": _assistant(pair.rejected),
     }
-    if pair.rejected_image is not None:
-        row["rejected_images"] = [{"bytes": _png(pair.rejected_image), "path": None}]
+    if rejected_image_bytes is not None:
+        row["rejected_images"] = [{"bytes": rejected_image_bytes, "path": None}]
+    elif pair.rejected_image is not None:
+        row["rejected_images"] = [{"bytes": png_bytes(pair.rejected_image), "path": None}]
     row["provenance"] = {
         "hallucinator": provenance.hallucinator,
         "hallucinator_params": json.dumps(provenance.hallucinator_params, sort_keys=True),
@@ -120,7 +128,8 @@ def _assistant(text: str) -> list[dict[str, Any]]:
     return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
 
 
-def _png(image: PILImage.Image) -> bytes:
+def png_bytes(image: PILImage.Image) -> bytes:
+    """``image`` encoded as PNG (lossless, so a distortion's exact pixels are kept)."""
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()

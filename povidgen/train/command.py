@@ -665,6 +665,8 @@ def _load_data(path: Path, split: str | None) -> datasets.Dataset:
     import datasets
     import datasets.exceptions
 
+    from povidgen.pairs.shards import MANIFEST, load_pairs
+
     if not path.exists():
         raise _fail(f"--data {path}: no such file or folder")
     try:
@@ -677,6 +679,8 @@ def _load_data(path: Path, split: str | None) -> datasets.Dataset:
             loaded: Any = datasets.load_dataset("parquet", data_files=str(path))
         elif (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
             loaded = datasets.load_from_disk(str(path))
+        elif (path / MANIFEST).is_file():  # a povidgen build: its finished shards, in order
+            loaded = load_pairs(path, cache_dir=path / ".cache")
         else:
             files = sorted(str(p) for p in path.rglob("*.parquet"))
             if not files:
