@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import stat
 import warnings
 from dataclasses import dataclass
@@ -195,7 +196,7 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image:
         except Image.DecompressionBombError as error:
             raise ImageError(f"image is too large to decode safely: {error}") from error
         except (OSError, SyntaxError, ValueError) as error:
-            raise ImageError(f"cannot decode image ({len(data)} bytes): {error}") from error
+            raise ImageError(f"cannot decode image ({len(data)} bytes): {_why(error)}") from error
         width, height = image.size
         if width * height > max_pixels:
             raise ImageError(
@@ -207,7 +208,7 @@ def _decode(data: bytes, max_pixels: int) -> Image.Image:
         except Image.DecompressionBombError as error:
             raise ImageError(f"image is too large to decode safely: {error}") from error
         except (OSError, SyntaxError, ValueError) as error:
-            raise ImageError(f"cannot decode image ({len(data)} bytes): {error}") from error
+            raise ImageError(f"cannot decode image ({len(data)} bytes): {_why(error)}") from error
     return image
 
 
@@ -265,3 +266,10 @@ def _upright(image: Image.Image) -> Image.Image:
 
 def _grey_to_rgb(grey: np.ndarray[Any, Any]) -> Image.Image:
     return Image.fromarray(grey.astype(np.uint8), mode="L").convert("RGB")
+
+
+def _why(error: BaseException) -> str:
+    """Pillow's reason without the memory address it puts in some messages ("cannot identify
+    image file <_io.BytesIO object at 0x...>"), so a row's error record is the same on every
+    run (a resumed build writes the same bytes)."""
+    return re.sub(r"<([\w.]+) object at 0x[0-9a-f]+>", r"<\1>", str(error))
