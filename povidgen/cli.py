@@ -6,10 +6,12 @@ The library logs and never prints; this module is where progress bars and summar
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
+import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -36,7 +38,8 @@ logger = logging.getLogger("povidgen")
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code (0 ok, 1 no pairs built, 2 bad input,
     3 stopped early: bad credentials, exhausted quota, the cost cap or a dead endpoint;
-    130 interrupted with Ctrl-C)."""
+    130 interrupted with Ctrl-C, 143 a build stopped by SIGTERM; both resume when run
+    again)."""
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -384,20 +387,21 @@ def _build(args: argparse.Namespace) -> int:
         ray_address=args.ray,
     )
     try:
-        report = builder.run(
-            args.out,
-            overwrite=args.overwrite,
-            allow_empty=args.allow_empty,
-            progress=True,
-            inputs=inputs,
-        )
-    except KeyboardInterrupt:
+        with _terminate_as_interrupt():
+            report = builder.run(
+                args.out,
+                overwrite=args.overwrite,
+                allow_empty=args.allow_empty,
+                progress=True,
+                inputs=inputs,
+            )
+    except KeyboardInterrupt as interrupt:
         print(
             f"\npovidgen: build interrupted; what was finished is in {args.out}. Run the same "
             "command again to resume (replies already received are not paid for again).",
             file=sys.stderr,
         )
-        return 130
+        return 143 if isinstance(interrupt, _Terminated) else 130
     except OSError as error:  # a full disk, a folder removed under the run
         raise PovidgenError(f"cannot write {args.out}: {error}") from error
     if report.already_complete:
@@ -415,6 +419,29 @@ def _build(args: argparse.Namespace) -> int:
         )
         return 3
     return 0 if report.pairs else 1
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's preemption): stopped like Ctrl-C, exit code 143."""
+
+
+@contextlib.contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM finishes writing what is done, as Ctrl-C does, so a
+    preempted build resumes from its last row instead of its last shard."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _print_report(report: BuildReport, builder: PairBuilder, out: Path) -> None:

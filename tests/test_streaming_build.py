@@ -246,6 +246,18 @@ def test_rejected_images_can_be_left_out_and_remade_from_the_seed(
     distorter = DiffusionNoise(**json.loads(provenance["distorter_params"]))
     remade = distorter(row["images"][0].convert("RGB"), seed=provenance["example_seed"])
     assert remade.tobytes() == stored["rejected_images"][0].convert("RGB").tobytes()
+    # the trainer remakes it with the same seed
+    from types import SimpleNamespace
+
+    from povidgen.train.collate import PreferenceCollator
+
+    trainer_side = SimpleNamespace(seed=12345)
+    assert (
+        PreferenceCollator.distortion_seed(trainer_side, row, row["id"])
+        == (  # type: ignore[arg-type]
+            provenance["example_seed"]
+        )
+    )
     size = sum(p.stat().st_size for p in (out / "data").iterdir())
     assert size < 0.75 * sum(p.stat().st_size for p in (reference / "data").iterdir())
 
@@ -303,3 +315,41 @@ def test_rows_out_of_order_are_refused(tmp_path: Path) -> None:
     writer.add_error(RowError(id="a", index=3, stage="input", reason="x", error_type="E"))
     with pytest.raises(ValueError, match="out of order"):
         writer.add_error(RowError(id="b", index=2, stage="input", reason="x", error_type="E"))
+
+
+def test_sigterm_finishes_what_is_done_and_the_rerun_resumes(tmp_path: Path) -> None:
+    """A job scheduler's preemption (SIGTERM) stops a build the way Ctrl-C does: exit 143,
+    the finished rows kept in a partial shard, and the rerun resumes from them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "pairs"
+    command = [sys.executable, "-m", "povidgen.cli", "build", "--demo", "--demo-size", "160"]
+    command += ["--out", str(out), "--shard-rows", "1000", "--workers", "1"]
+    child = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ)
+    )
+    deadline = time.monotonic() + 300
+    while not list((out / "data").glob(".train-00000.parquet.partial")):
+        assert time.monotonic() < deadline, "the build wrote nothing"
+        assert child.poll() is None, child.communicate()
+        time.sleep(0.05)
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 143, err
+    assert b"Run the same command again to resume" in err
+    assert b"Traceback" not in err
+    assert (out / "data" / ".train-00000.parquet.partial.json").is_file()
+    kept = json.loads((out / "data" / ".train-00000.parquet.partial.json").read_text())
+    assert kept["end"] > 0
+
+    done = subprocess.run(command, capture_output=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert b"resumed:" in done.stdout
+    summary = json.loads((out / SUMMARY).read_text())
+    assert summary["complete"] is True
+    assert summary["rows"] == 160
+    assert summary["runs"] == 2

@@ -186,6 +186,8 @@ class PairBuilder:
         self._stopped: RunStoppedError | None = None
         self._loop: _LoopThread | None = None
         self._pool: ThreadPoolExecutor | None = None
+        # what every row's provenance repeats, computed once per run
+        self._params: tuple[dict[str, Any], dict[str, Any] | None, str] = ({}, None, "")
         self.errors: list[RowError] = []
         """Rows of the last run that did not become pairs, in input order."""
         self.report = BuildReport()
@@ -520,6 +522,11 @@ class PairBuilder:
     def _outcomes(self, start: int) -> Iterator[tuple[int, _Done | RowError, bool]]:
         """``(position, outcome, resumable)`` for each row of this shard from ``start`` on,
         in input order; ``resumable`` marks rows not done because the run stopped."""
+        self._params = (
+            self.hallucinator.params(),
+            None if self.distorter is None else self.distorter.params(),
+            _version(),
+        )
         if self.ray_address is not None:
             from povidgen.pairs.ray_engine import ray_outcomes
 
@@ -761,13 +768,13 @@ class PairBuilder:
                 rejected_image=None,
                 provenance=Provenance(
                     hallucinator=self.hallucinator.name,
-                    hallucinator_params=self.hallucinator.params(),
+                    hallucinator_params=self._params[0],
                     distorter=None if self.distorter is None else self.distorter.name,
-                    distorter_params=None if self.distorter is None else self.distorter.params(),
+                    distorter_params=self._params[1],
                     seed=self.seed,
                     example_seed=example.seed,
                     edits=result.edits,
-                    povidgen_version=_version(),
+                    povidgen_version=self._params[2],
                 ),
             )
         except ValidationError as error:

@@ -170,7 +170,8 @@ class PreferenceCollator:
         mode: ``"text"``, ``"image"`` or ``"povid"``.
         distorter: makes the rejected image in ``image`` / ``povid`` mode when given; else the
             rows' ``rejected_images`` are used.
-        seed: global seed; each row's distortion seed is ``derive_seed(seed, id)``.
+        seed: global seed; a row's distortion seed is its ``provenance.example_seed`` (what
+            the build used) or, without provenance, ``derive_seed(seed, id)``.
         max_length: longest ``[prompt | response]``, see the module docstring.
     """
 
@@ -196,6 +197,18 @@ class PreferenceCollator:
         self.distorter = distorter
         self.seed = seed
         self.max_length = max_length
+
+    def distortion_seed(self, row: dict[str, Any], row_id: str) -> int:
+        """The seed a row's rejected image is made with: the build's own
+        (``provenance.example_seed``), so a build written with ``--no-rejected-images``
+        gets exactly the image it would have stored; ``derive_seed(seed, id)`` for rows
+        without provenance."""
+        provenance = row.get("provenance")
+        if isinstance(provenance, dict) and isinstance(provenance.get("example_seed"), int):
+            return int(provenance["example_seed"])
+        from povidgen.seeding import derive_seed
+
+        return derive_seed(self.seed, row_id)
 
     # -- text ----------------------------------------------------------------------------
 
@@ -304,9 +317,7 @@ class PreferenceCollator:
 
     def _noisy_image(self, row: dict[str, Any], row_id: str, image: Any) -> Any:
         if self.distorter is not None:
-            from povidgen.seeding import derive_seed
-
-            return self.distorter(image, seed=derive_seed(self.seed, row_id))
+            return self.distorter(image, seed=self.distortion_seed(row, row_id))
         if row.get("rejected_images") is None:
             raise TrainingDataError(
                 f"row {row_id}: mode {self.mode!r} needs a rejected image: the row has no "
