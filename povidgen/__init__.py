@@ -43,6 +43,7 @@ from povidgen.hallucinate.prompts import PromptConfig
 from povidgen.hallucinate.rule import RuleHallucinator
 from povidgen.hallucinate.transformers_local import TransformersHallucinator
 from povidgen.pairs.builder import BuildReport, PairBuilder
+from povidgen.pairs.merge import MergeReport, merge_builds
 from povidgen.pairs.output import OutputFolderError
 from povidgen.pairs.shards import ShardLimits, load_pairs
 from povidgen.redact import register_secret
@@ -94,6 +95,7 @@ __all__ = [
     "InvalidExampleError",
     "JPEGCompression",
     "LLMHallucinator",
+    "MergeReport",
     "MissingColumnError",
     "ModelPrice",
     "OneOf",
@@ -124,5 +126,6 @@ __all__ = [
     "get_hallucinator",
     "load_examples_file",
     "load_pairs",
+    "merge_builds",
     "register_secret",
 ]

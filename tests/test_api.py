@@ -29,6 +29,7 @@ EXPECTED = [
     "InvalidExampleError",
     "JPEGCompression",
     "LLMHallucinator",
+    "MergeReport",
     "MissingColumnError",
     "ModelPrice",
     "OneOf",
@@ -59,6 +60,7 @@ EXPECTED = [
     "get_hallucinator",
     "load_examples_file",
     "load_pairs",
+    "merge_builds",
     "register_secret",
 ]
 

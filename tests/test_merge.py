@@ -118,16 +118,14 @@ def test_the_cli_merge_of_three_shares_equals_one_run(
 
 
 @pytest.mark.parametrize(
-    ("limits", "given"),
+    "limits",
     [
-        (ShardLimits(max_rows=7), None),  # shards close on rows
-        (ShardLimits(max_bytes=400_000), None),  # ...on bytes (a row is about 155 kB)
-        (ShardLimits(max_rows=7, group_rows=3), ShardLimits(max_rows=7, group_rows=3)),
+        ShardLimits(max_rows=7),  # shards close on rows
+        ShardLimits(max_bytes=400_000),  # ...on bytes (a row is about 155 kB)
+        ShardLimits(max_rows=7, group_rows=3),  # row groups as recorded in the configuration
     ],
 )
-def test_failed_rows_merge_too(
-    tmp_path: Path, limits: ShardLimits, given: ShardLimits | None
-) -> None:
+def test_failed_rows_merge_too(tmp_path: Path, limits: ShardLimits) -> None:
     rows = scenes()
     whole = tmp_path / "whole"
     build(rows, whole, limits)
@@ -135,7 +133,7 @@ def test_failed_rows_merge_too(
     for index, share in enumerate(shares):
         build(rows, share, limits, num_shards=3, shard_index=index)
     out = tmp_path / "merged"
-    report = merge_builds(out, shares, shard_limits=given)
+    report = merge_builds(out, shares)
     assert report == MergeReport(rows=30, pairs=27, failed=3, shards=len(read_manifest(whole)))
     assert [json.loads(line)["index"] for line in (out / ERRORS).read_text().splitlines()] == [
         4,

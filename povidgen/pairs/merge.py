@@ -118,7 +118,6 @@ def merge_builds(
     folders: Sequence[str | os.PathLike[str]],
     *,
     overwrite: bool = False,
-    shard_limits: ShardLimits | None = None,
 ) -> MergeReport:
     """Merge the outputs of one build run as ``--num-shards N`` shares into ``out``.
 
@@ -132,9 +131,6 @@ def merge_builds(
         folders: the ``N`` shard outputs, in any order.
         overwrite: replace an earlier povidgen output at ``out`` (a finished folder with this
             configuration is otherwise left alone, and another build there is an error).
-        shard_limits: only for builds made in the library with row-group limits other than
-            the defaults (``group_rows``, ``group_bytes``, which the configuration does not
-            record); its ``max_bytes`` and ``max_rows`` must be the build's.
 
     Returns:
         The counts of the merged output.
@@ -152,7 +148,7 @@ def merge_builds(
     target.check()
     shares = _check_shares([_read_share(path) for path in paths])
     configuration = dict(shares[0].configuration, num_shards=1, shard_index=0)
-    limits = _limits(configuration, shard_limits)
+    limits = _limits(configuration)
     with target.lock():
         state = target.state(configuration)
         if state == "complete":
@@ -305,21 +301,13 @@ def _check_shares(shares: list[_Share]) -> list[_Share]:
     return sorted(shares, key=lambda share: share.shard_index)
 
 
-def _limits(configuration: Mapping[str, Any], given: ShardLimits | None) -> ShardLimits:
-    """The build's shard limits (row-group limits from ``given`` or the defaults)."""
+def _limits(configuration: Mapping[str, Any]) -> ShardLimits:
+    """The build's shard and row-group limits, as its configuration records them."""
     recorded = configuration["shards"]
     try:
-        max_bytes, max_rows = int(recorded["max_bytes"]), int(recorded["max_rows"])
+        return ShardLimits(**{name: int(recorded[name]) for name in ShardLimits().as_dict()})
     except (KeyError, TypeError, ValueError) as error:
         raise MergeError(f"the configuration's shard limits are unreadable: {recorded}") from error
-    if given is None:
-        return ShardLimits(max_bytes=max_bytes, max_rows=max_rows)
-    if (given.max_bytes, given.max_rows) != (max_bytes, max_rows):
-        raise MergeError(
-            f"shard_limits max_bytes={given.max_bytes}, max_rows={given.max_rows} differ from "
-            f"the build's {max_bytes} and {max_rows}"
-        )
-    return given
 
 
 # -- the merge ----------------------------------------------------------------------------------

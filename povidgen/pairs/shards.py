@@ -83,7 +83,12 @@ class ShardLimits:
 
     def as_dict(self) -> dict[str, int]:
         """The limits as recorded in a build's configuration."""
-        return {"max_bytes": self.max_bytes, "max_rows": self.max_rows}
+        return {
+            "max_bytes": self.max_bytes,
+            "max_rows": self.max_rows,
+            "group_rows": self.group_rows,
+            "group_bytes": self.group_bytes,
+        }
 
 
 @dataclass
@@ -344,6 +349,10 @@ class ShardWriter:
 
     def _repair(self) -> None:
         """Remove what a killed run wrote past the manifest."""
+        manifest = self.folder / MANIFEST
+        if len(manifest.read_text(encoding="utf-8").splitlines()) != len(self.segments):
+            # keep only the lines that hold; the rest are made again
+            _write_atomically(manifest, "".join(s.to_json() + "\n" for s in self.segments))
         data = self.folder / DATA_DIR
         named = {s.shard for s in self.segments}
         number = len(self.segments)
@@ -423,7 +432,8 @@ def row_size(row: Mapping[str, Any]) -> int:
 
 def read_manifest(folder: Path) -> list[Segment]:
     """The finished segments of the build in ``folder`` (a torn last line is ignored: that
-    segment was not finished)."""
+    segment was not finished). Reading changes nothing; a :class:`ShardWriter` resuming the
+    build rewrites the manifest without such lines."""
     path = folder / MANIFEST
     if not path.exists():
         return []
@@ -436,9 +446,6 @@ def read_manifest(folder: Path) -> list[Segment]:
         if segment.shard != _shard_name(number) or not (folder / segment.shard).is_file():
             break
         segments.append(segment)
-    if len(segments) != len(path.read_text(encoding="utf-8").splitlines()):
-        # keep only the lines that hold; the rest are made again
-        _write_atomically(path, "".join(s.to_json() + "\n" for s in segments))
     return segments
 
 
