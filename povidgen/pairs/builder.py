@@ -621,11 +621,21 @@ class PairBuilder:
                 )
             )
             by_index = {p.pending.index: r for p, r in zip(pending, results, strict=True)}
+            # images are distorted and encoded only now, a window at a time, so a batch of
+            # thousands of rows never holds all their encoded images at once
+            encoded: deque[Future[_Prepared]] = deque()
+            upcoming = iter(pending)
             for (index, _, _), item in zip(batch, prepared, strict=True):
                 if isinstance(item, RowError):
                     yield self._logged((index, item, item.error_type == "RunStoppedError"))
-                else:
-                    yield self._logged((index, *self._complete(item, by_index[index])))
+                    continue
+                while len(encoded) < 2 * self.workers:
+                    following = next(upcoming, None)
+                    if following is None:
+                        break
+                    encoded.append(self._pool.submit(self._encode, following))
+                done = encoded.popleft().result()
+                yield self._logged((index, *self._complete(done, by_index[index])))
 
         for item in self._rows_from(start):
             batch.append(item)
@@ -672,8 +682,9 @@ class PairBuilder:
         row_id: str,
         slots: asyncio.Semaphore | None,
     ) -> _Prepared | RowError:
-        """On a worker: check and decode the row, start its call (when ``slots`` is given),
-        and distort and encode its images while the call is in flight."""
+        """On a worker: check and decode the row and, when ``slots`` is given, start its call
+        and distort and encode its images while the call is in flight (batches encode after
+        their results, see :meth:`_batches`)."""
         if self._stopped is not None:
             stopped = RunStoppedError(f"not attempted: {self._stopped}")
             return _row_error(row_id, index, "hallucinate", stopped)
@@ -686,14 +697,21 @@ class PairBuilder:
             coroutine = _bounded_call(self.hallucinator, read.example, slots)
             call = asyncio.run_coroutine_threadsafe(coroutine, self._loop.loop)
         prepared = _Prepared(read, call)
-        image = read.example.image
+        if slots is not None:
+            self._encode(prepared)
+        return prepared
+
+    def _encode(self, prepared: _Prepared) -> _Prepared:
+        """Distort the row's image and encode both images (PNG; the clean one as its source
+        bytes where it needed no conversion)."""
+        image = prepared.pending.example.image
         if self.distorter is not None and self.store_rejected_images:
             try:
-                distorted = self.distorter(image, seed=read.example.seed)
+                distorted = self.distorter(image, seed=prepared.pending.example.seed)
                 prepared.rejected_bytes = png_bytes(distorted)
             except Exception as error:  # noqa: BLE001 - a third-party distorter may raise anything
                 prepared.distort_error = error
-        prepared.image_bytes = read.source.encoded or png_bytes(image)
+        prepared.image_bytes = prepared.pending.source.encoded or png_bytes(image)
         return prepared
 
     def _read(self, index: int, row: Mapping[str, Any], row_id: str) -> _Pending | RowError:
