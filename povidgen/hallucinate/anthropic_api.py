@@ -10,9 +10,9 @@ from typing import Any, ClassVar
 from pydantic import SecretStr, ValidationError
 
 from povidgen.errors import ProviderError
-from povidgen.hallucinate.batch import BatchBackend, BatchItem
+from povidgen.hallucinate.batch import BatchBackend, BatchItem, BatchProgress
 from povidgen.hallucinate.llm import LLMHallucinator, Reply
-from povidgen.hallucinate.pricing import Usage
+from povidgen.hallucinate.pricing import ANTHROPIC_IMAGE_TOKENS, Usage, anthropic_image_tokens
 from povidgen.hallucinate.prompts import RewriteReply
 from povidgen.redact import register_secret
 
@@ -50,7 +50,7 @@ class AnthropicHallucinator(LLMHallucinator):
 
     name: ClassVar[str] = "anthropic"
     provider = "anthropic"
-    image_tokens = 1400  # about (1024 x 1024) / 750
+    image_tokens = ANTHROPIC_IMAGE_TOKENS  # an image of unknown size: the largest unscaled
 
     def __init__(
         self,
@@ -77,6 +77,11 @@ class AnthropicHallucinator(LLMHallucinator):
             register_secret(self._api_key)  # scrubbed from errors, logs and the terminal
             self._base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
         self._anthropic = anthropic
+
+    def image_tokens_for(self, width: int, height: int) -> int:
+        """Anthropic's image tokens for this size: see
+        :func:`~povidgen.hallucinate.pricing.anthropic_image_tokens`."""
+        return anthropic_image_tokens(width, height)
 
     def _make_client(self) -> Any:
         return self._anthropic.AsyncAnthropic(
@@ -148,9 +153,21 @@ class _AnthropicBatches(BatchBackend):
         )
         return str(batch.id)
 
-    async def poll(self, batch_id: str) -> bool:
+    async def poll(self, batch_id: str) -> BatchProgress:
         batch = await self.client.messages.batches.retrieve(batch_id)
-        return bool(batch.processing_status == "ended")
+        counts = getattr(batch, "request_counts", None)
+        processing, succeeded, errored, canceled, expired = (
+            _count(counts, name)
+            for name in ("processing", "succeeded", "errored", "canceled", "expired")
+        )
+        return BatchProgress(
+            batch_id=batch_id,
+            status=str(batch.processing_status),
+            finished=batch.processing_status == "ended",
+            total=processing + succeeded + errored + canceled + expired,
+            completed=succeeded,
+            failed=errored + canceled + expired,
+        )
 
     async def results(self, batch_id: str) -> dict[str, tuple[str, Usage] | ProviderError]:
         found: dict[str, tuple[str, Usage] | ProviderError] = {}
@@ -165,6 +182,11 @@ class _AnthropicBatches(BatchBackend):
                     f"batch request {result.type}: {detail}"
                 )
         return found
+
+
+def _count(counts: Any, name: str) -> int:
+    value = getattr(counts, name, 0)
+    return value if isinstance(value, int) else 0
 
 
 def _reply(message: Any) -> Reply:

@@ -14,8 +14,12 @@ For a set of examples, :func:`run_batches`:
    the run resumes polling it instead of submitting again; otherwise it submits the chunk and
    writes the state file (atomically) before polling. Every chunk is submitted before any is
    polled, so they run at the provider side by side;
-4. polls the chunks until each is finished, logging progress (``povidgen`` logger, INFO),
-   downloads and joins each chunk's results on ``custom_id`` and then removes its state file;
+4. polls the chunks until each is finished, reporting each chunk's progress (status, requests
+   completed and failed of its total: a :class:`BatchProgress`) on the ``povidgen`` logger at
+   INFO whenever it changes (and at least once a minute) and to an ``on_progress`` callback
+   after every poll; a poll that raises is tried again on the next one (a few times in a row
+   at most), since a batch runs for hours; then downloads and joins each chunk's results on
+   ``custom_id`` and removes its state file;
 5. submits the requests the provider reported as expired or as failed with a transient fault
    (5xx, 429 rate limit, overloaded) again, in new chunks, at most ``retries`` times.
 
@@ -37,6 +41,7 @@ import tempfile
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +53,7 @@ __all__ = [
     "PROVIDER_LIMITS",
     "BatchBackend",
     "BatchItem",
+    "BatchProgress",
     "BatchResult",
     "is_retryable",
     "run_batches",
@@ -66,7 +72,32 @@ PROVIDER_LIMITS: dict[str, tuple[int, int]] = {
 """Each provider's documented size of one batch: ``(requests, bytes)``."""
 
 _DEFAULT_LIMITS = PROVIDER_LIMITS["openai"]
-_PROGRESS_EVERY = 60.0  # seconds between "still polling" progress lines
+_PROGRESS_EVERY = 60.0  # seconds between progress lines when nothing changes
+_POLL_FAILURES = 5  # polls of a chunk in a row that may raise before its rows fail
+
+
+@dataclass(frozen=True)
+class BatchProgress:
+    """One provider batch as of a poll: its status and request counts.
+
+    ``completed`` and ``failed`` count the requests the provider has finished so far (OpenAI:
+    ``request_counts.completed`` / ``failed``; Anthropic: ``succeeded`` / ``errored`` +
+    ``canceled`` + ``expired``); ``total`` is 0 while the provider has not counted them yet.
+    """
+
+    batch_id: str
+    status: str
+    finished: bool
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+    def describe(self) -> str:
+        """``"in_progress, 120 of 300 requests completed, 2 failed"``."""
+        return (
+            f"{self.status}, {self.completed} of {self.total} requests completed, "
+            f"{self.failed} failed"
+        )
 
 
 class BatchItem:
@@ -101,7 +132,12 @@ class BatchBackend(ABC):
         )
 
     def request_bytes(self, item: BatchItem) -> int:
-        """The bytes ``item`` adds to an upload: its JSONL line (an OpenAI-shaped wrapper)."""
+        """The bytes ``item`` adds to an upload: its JSONL line (an OpenAI-shaped wrapper).
+
+        ASCII-escaped JSON with spaces after separators, so never less than what an SDK sends;
+        for Anthropic (``{"custom_id", "params"}`` in one JSON body) the wrapper's extra keys
+        more than cover the body's brackets and commas.
+        """
         line = {
             "custom_id": item.custom_id,
             "method": "POST",
@@ -115,8 +151,9 @@ class BatchBackend(ABC):
         """Submit the requests; return the batch id."""
 
     @abstractmethod
-    async def poll(self, batch_id: str) -> bool:
-        """Whether the batch has finished (completed, ended, expired or cancelled)."""
+    async def poll(self, batch_id: str) -> BatchProgress:
+        """The batch's status and counts; ``finished`` once it has completed, ended, expired,
+        failed or been cancelled."""
 
     @abstractmethod
     async def results(self, batch_id: str) -> dict[str, BatchResult]:
@@ -205,14 +242,26 @@ def is_retryable(error: ProviderError) -> bool:
 
 
 class _Chunk:
-    """One provider batch of a run: its requests, state file and batch id."""
+    """One provider batch of a run: its requests, state file, batch id and latest progress."""
 
-    __slots__ = ("batch_id", "items", "state_path")
+    __slots__ = (
+        "batch_id",
+        "items",
+        "logged",
+        "logged_at",
+        "poll_failures",
+        "progress",
+        "state_path",
+    )
 
     def __init__(self, items: list[BatchItem], state_path: Path) -> None:
         self.items = items
         self.state_path = state_path
         self.batch_id: str | None = None
+        self.progress: BatchProgress | None = None
+        self.logged: BatchProgress | None = None  # the progress last logged, and when
+        self.logged_at = 0.0
+        self.poll_failures = 0  # polls in a row that raised
 
 
 async def run_batches(
@@ -225,6 +274,7 @@ async def run_batches(
     retries: int = 2,
     on_error: Callable[[Exception], ProviderError] | None = None,
     on_results: Callable[[Mapping[str, BatchResult]], None] | None = None,
+    on_progress: Callable[[Sequence[BatchProgress]], None] | None = None,
 ) -> dict[str, BatchResult]:
     """Submit (or resume) ``items`` in provider-sized chunks; return the results by ``custom_id``.
 
@@ -235,6 +285,8 @@ async def run_batches(
     that could not be polled or downloaded keeps its state file, so a rerun resumes it.
     ``on_results`` sees each chunk's results as soon as they are joined (before its state
     file is removed), so a caller can keep them even if a later chunk never finishes.
+    ``on_progress`` is called after every round of polls with the latest
+    :class:`BatchProgress` of each chunk of the current round, in chunk order.
     """
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be an int >= 0, got {retries!r}")
@@ -256,6 +308,7 @@ async def run_batches(
             poll_interval=poll_interval,
             describe=describe,
             on_results=on_results,
+            on_progress=on_progress,
         )
         results.update(round_results)
         if any(isinstance(found, RunStoppedError) for found in round_results.values()):
@@ -287,6 +340,7 @@ async def _run_round(
     poll_interval: float,
     describe: Callable[[Exception], ProviderError],
     on_results: Callable[[Mapping[str, BatchResult]], None] | None,
+    on_progress: Callable[[Sequence[BatchProgress]], None] | None,
 ) -> dict[str, BatchResult]:
     """Submit or resume every chunk, then poll them all and join each as it finishes."""
     results: dict[str, BatchResult] = {}
@@ -309,8 +363,12 @@ async def _run_round(
             if isinstance(failure, RunStoppedError):
                 stopped = failure
             continue
+        assert chunk.batch_id is not None
+        chunk.progress = BatchProgress(chunk.batch_id, "submitted", False, len(chunk.items))
         running.append(chunk)
 
+    submitted = list(running)
+    numbers = {id(chunk): number for number, chunk in enumerate(submitted, start=1)}
     total_chunks = len(running)
     total_requests = sum(len(chunk.items) for chunk in running)
     done_chunks = done_requests = 0
@@ -321,8 +379,11 @@ async def _run_round(
             assert chunk.batch_id is not None
             finished = False
             try:
-                finished = await backend.poll(chunk.batch_id)
+                chunk.progress = await backend.poll(chunk.batch_id)
+                _log_progress(backend.provider, chunk, numbers[id(chunk)], total_chunks)
+                finished = chunk.progress.finished
                 if not finished:
+                    chunk.poll_failures = 0
                     still.append(chunk)
                     continue
                 found = await backend.results(chunk.batch_id)
@@ -331,7 +392,25 @@ async def _run_round(
                     chunk.state_path.unlink(missing_ok=True)
                 fail(chunk, describe(error))
             except Exception as error:  # noqa: BLE001 - its state is kept: a rerun resumes it
-                fail(chunk, describe(error))
+                # a poll or download that raised (a dropped connection, a 5xx) is tried again
+                # at the next poll, a few times in a row at most; a fatal error is not
+                failure = describe(error)
+                chunk.poll_failures += 1
+                if (
+                    not isinstance(failure, RunStoppedError)
+                    and chunk.poll_failures < _POLL_FAILURES
+                ):
+                    logger.warning(
+                        "polling %s batch %s failed (%d of %d in a row), trying again: %s",
+                        backend.provider,
+                        chunk.batch_id,
+                        chunk.poll_failures,
+                        _POLL_FAILURES,
+                        failure,
+                    )
+                    still.append(chunk)
+                    continue
+                fail(chunk, failure)
             else:
                 joined = {item.custom_id: _joined(found, item) for item in chunk.items}
                 if on_results is not None:
@@ -350,6 +429,8 @@ async def _run_round(
                 done_requests,
                 total_requests,
             )
+        if on_progress is not None and submitted:
+            on_progress([chunk.progress for chunk in submitted if chunk.progress is not None])
         running = still
         if running:
             if time.monotonic() - last_report >= _PROGRESS_EVERY:
@@ -365,6 +446,24 @@ async def _run_round(
                 )
             await asyncio.sleep(poll_interval)
     return results
+
+
+def _log_progress(provider: str, chunk: _Chunk, number: int, chunks: int) -> None:
+    """Log a chunk's progress at INFO when it changed since its last line, or a minute on."""
+    progress = chunk.progress
+    assert progress is not None
+    now = time.monotonic()
+    if progress == chunk.logged and now - chunk.logged_at < _PROGRESS_EVERY:
+        return
+    chunk.logged, chunk.logged_at = progress, now
+    logger.info(
+        "%s batch %s (chunk %d of %d): %s",
+        provider,
+        progress.batch_id,
+        number,
+        chunks,
+        progress.describe(),
+    )
 
 
 async def _submit_or_resume(backend: BatchBackend, chunk: _Chunk) -> None:

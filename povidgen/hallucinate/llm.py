@@ -48,6 +48,7 @@ from povidgen.hallucinate.base import HallucinationResult, Hallucinator
 from povidgen.hallucinate.batch import (
     BatchBackend,
     BatchItem,
+    BatchProgress,
     BatchResult,
     batch_key,
     custom_id_for,
@@ -190,7 +191,12 @@ class LLMHallucinator(Hallucinator):
 
     provider: str = "llm"
     image_tokens: int = 800
-    """Tokens one image is assumed to cost when estimating a call before sending it."""
+    """Tokens one image is assumed to cost when estimating a call before sending it, where
+    :meth:`image_tokens_for` knows no better (the providers compute it from the image's size)."""
+
+    on_batch_progress: Callable[[Sequence[BatchProgress]], None] | None = None
+    """Batch mode: called after each poll with every chunk's latest :class:`BatchProgress`
+    (e.g. to drive a progress bar); progress is also logged at INFO on the ``povidgen`` logger."""
 
     def __init__(
         self,
@@ -389,6 +395,7 @@ class LLMHallucinator(Hallucinator):
                 retries=self.batch_retries,
                 on_error=failed,
                 on_results=keep,
+                on_progress=self.on_batch_progress,
             )
         except Exception as error:  # noqa: BLE001 - a failed batch fails each of its rows
             failure = failed(error)
@@ -411,22 +418,46 @@ class LLMHallucinator(Hallucinator):
             results.append(self._verified(example, *reply, batch=True))
         return results
 
+    def image_tokens_for(self, width: int, height: int) -> int:
+        """The input tokens the provider bills for one image of this size, as it is sent.
+
+        This base class knows no formula and answers :attr:`image_tokens`; the OpenAI and
+        Anthropic hallucinators apply their provider's documented one
+        (:func:`~povidgen.hallucinate.pricing.openai_image_tokens`,
+        :func:`~povidgen.hallucinate.pricing.anthropic_image_tokens`).
+        """
+        return self.image_tokens
+
+    def _input_tokens(self, system: str, user: str, image: Image.Image | None) -> int:
+        """The estimated input tokens of a live request: its text, and the image (if sent) as
+        the provider's image tokens for the size it is sent at, never as its base64 text."""
+        tokens = estimate_tokens(system + user)
+        if image is not None:
+            tokens += self.image_tokens_for(*_sent_size(image.size, self.image_max_side))
+        return tokens
+
     def _batch_input_tokens(self, request: dict[str, Any]) -> int:
-        """The input tokens of a batch request, an image counted as :attr:`image_tokens`.
+        """The input tokens of a batch request, each image counted as the provider's image
+        tokens for its size (:meth:`image_tokens_for`).
 
         The request carries each image as base64 text, many times the tokens the provider
-        bills for it, so images are taken out before the text is counted.
+        bills for it, so images are taken out before the text is counted; an image whose size
+        cannot be read counts as :attr:`image_tokens`.
         """
-        images = 0
+        image_tokens = 0
+
+        def count(data: str) -> None:
+            nonlocal image_tokens
+            size = _base64_image_size(data)
+            image_tokens += self.image_tokens if size is None else self.image_tokens_for(*size)
 
         def strip(value: Any) -> Any:
-            nonlocal images
             if isinstance(value, str) and value.startswith("data:image/"):
-                images += 1
+                count(value.partition(";base64,")[2])
                 return ""
             if isinstance(value, dict):
                 if value.get("type") == "base64" and "data" in value:  # an Anthropic image
-                    images += 1
+                    count(str(value["data"]))
                     return {k: v for k, v in value.items() if k != "data"}
                 return {k: strip(v) for k, v in value.items()}
             if isinstance(value, list):
@@ -434,7 +465,7 @@ class LLMHallucinator(Hallucinator):
             return value
 
         text = json.dumps(strip(request))
-        return estimate_tokens(text, images=images, tokens_per_image=self.image_tokens)
+        return estimate_tokens(text) + image_tokens
 
     def _verified(
         self, example: Example, text: str, usage: Usage, *, batch: bool | None
@@ -516,9 +547,9 @@ class LLMHallucinator(Hallucinator):
         key = self._cache_key(system, user, image_url, example.seed) if cache is not None else ""
         if cache is not None and (hit := cache.get(key)) is not None:
             return Reply(*hit)  # paid for by an earlier run: nothing is sent
+        image = example.image if self.send_image else None
         estimate = Usage(
-            input_tokens=estimate_tokens(system + user)
-            + (self.image_tokens if self.send_image else 0),
+            input_tokens=self._input_tokens(system, user, image),
             output_tokens=self.max_output_tokens,
         )
         reserved = cost_usd(self.model, estimate, batch=False, prices=self.prices)
@@ -686,12 +717,30 @@ def _limiters(rpm: float | None, tpm: float | None) -> tuple[_Pacer | None, Any]
     return requests, AsyncLimiter(tpm, 60.0)
 
 
+def _sent_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """The size an image of ``size`` is sent at: scaled down to a longer side of ``max_side``."""
+    width, height = size
+    if max(width, height) <= max_side:
+        return width, height
+    scale = max_side / max(width, height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def _base64_image_size(data: str) -> tuple[int, int] | None:
+    """The pixel size of a base64-encoded image (its header is read, not its pixels)."""
+    try:
+        with Image.open(io.BytesIO(base64.b64decode(data, validate=False))) as picture:
+            width, height = picture.size
+    except Exception:  # noqa: BLE001 - an unreadable image counts as the default image tokens
+        return None
+    return width, height
+
+
 def _data_url(image: Image.Image, max_side: int) -> str:
     """The image as a JPEG data URL, scaled down so its longer side is at most ``max_side``."""
     picture = image.convert("RGB")
-    if max(picture.size) > max_side:
-        scale = max_side / max(picture.size)
-        size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
+    size = _sent_size(picture.size, max_side)
+    if size != picture.size:
         picture = picture.resize(size, Image.Resampling.LANCZOS)
     buffer = io.BytesIO()
     picture.save(buffer, format="JPEG", quality=90)

@@ -10,9 +10,9 @@ from typing import Any, ClassVar
 from pydantic import SecretStr, ValidationError
 
 from povidgen.errors import ProviderError
-from povidgen.hallucinate.batch import BatchBackend, BatchItem
+from povidgen.hallucinate.batch import BatchBackend, BatchItem, BatchProgress
 from povidgen.hallucinate.llm import LLMHallucinator, Reply
-from povidgen.hallucinate.pricing import Usage
+from povidgen.hallucinate.pricing import OPENAI_IMAGE_TOKENS, Usage, openai_image_tokens
 from povidgen.hallucinate.prompts import RewriteReply
 from povidgen.redact import register_secret
 
@@ -50,7 +50,7 @@ class OpenAIHallucinator(LLMHallucinator):
 
     name: ClassVar[str] = "openai"
     provider = "openai"
-    image_tokens = 765  # a 1024 px image at high detail
+    image_tokens = OPENAI_IMAGE_TOKENS  # an image of unknown size: 1024 px at high detail
 
     def __init__(
         self,
@@ -77,6 +77,12 @@ class OpenAIHallucinator(LLMHallucinator):
             register_secret(self._api_key)  # scrubbed from errors, logs and the terminal
             self._base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
         self._openai = openai
+
+    def image_tokens_for(self, width: int, height: int) -> int:
+        """OpenAI's image tokens for this size on :attr:`model` (images are sent without a
+        ``detail``, so at ``"auto"``, counted as high): see
+        :func:`~povidgen.hallucinate.pricing.openai_image_tokens`."""
+        return openai_image_tokens(width, height, model=self.model)
 
     def _make_client(self) -> Any:
         return self._openai.AsyncOpenAI(
@@ -156,9 +162,17 @@ class _OpenAIBatches(BatchBackend):
         )
         return str(batch.id)
 
-    async def poll(self, batch_id: str) -> bool:
+    async def poll(self, batch_id: str) -> BatchProgress:
         batch = await self.client.batches.retrieve(batch_id)
-        return batch.status in self._FINISHED
+        counts = getattr(batch, "request_counts", None)  # none while the file is validated
+        return BatchProgress(
+            batch_id=batch_id,
+            status=str(batch.status),
+            finished=batch.status in self._FINISHED,
+            total=_count(counts, "total"),
+            completed=_count(counts, "completed"),
+            failed=_count(counts, "failed"),
+        )
 
     async def results(self, batch_id: str) -> dict[str, tuple[str, Usage] | ProviderError]:
         batch = await self.client.batches.retrieve(batch_id)
@@ -172,8 +186,18 @@ class _OpenAIBatches(BatchBackend):
                     entry = json.loads(line)
                     found[str(entry["custom_id"])] = _batch_entry(entry)
         if not found:
-            raise ProviderError(f"batch {batch_id} ended {batch.status!r} with no results")
+            reasons = [
+                f"{getattr(error, 'code', None) or 'error'}: {getattr(error, 'message', error)}"
+                for error in (getattr(getattr(batch, "errors", None), "data", None) or [])
+            ]
+            because = f" ({'; '.join(reasons)})" if reasons else ""
+            raise ProviderError(f"batch {batch_id} ended {batch.status!r} with no results{because}")
         return found
+
+
+def _count(counts: Any, name: str) -> int:
+    value = getattr(counts, name, 0)
+    return value if isinstance(value, int) else 0
 
 
 def _batch_entry(entry: dict[str, Any]) -> tuple[str, Usage] | ProviderError:

@@ -7,7 +7,9 @@
 * :func:`cost_usd` prices a call (batch APIs cost half).
 * :class:`CostTracker` keeps a run's running total and, with :meth:`CostTracker.reserve`, lets
   callers stop submitting calls before ``max_cost_usd`` would be passed.
-* :func:`estimate_tokens` is a cheap token estimate for reservations.
+* :func:`estimate_tokens` is a cheap token estimate for reservations;
+  :func:`openai_image_tokens` and :func:`anthropic_image_tokens` are what each provider bills
+  for one image of a given size (its documented formula), never the length of its base64 text.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Mapping
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -29,8 +32,10 @@ __all__ = [
     "CostTracker",
     "ModelPrice",
     "Usage",
+    "anthropic_image_tokens",
     "cost_usd",
     "estimate_tokens",
+    "openai_image_tokens",
     "price_for",
 ]
 
@@ -43,12 +48,51 @@ CHARS_PER_TOKEN = 4
 OPENAI_IMAGE_TOKENS = 765
 """Input tokens of one image on OpenAI's GPT-4o family at ``detail="high"``, for an image
 scaled to fit 1024 x 1024: 85 base tokens + 170 per 512-px tile, 4 tiles (``detail="low"`` is a
-flat 85). Pass it to :func:`estimate_tokens` as ``tokens_per_image``."""
+flat 85). Pass it to :func:`estimate_tokens` as ``tokens_per_image`` when the size or the model
+is not known; :func:`openai_image_tokens` is the exact count for a size and a model."""
 
 ANTHROPIC_IMAGE_TOKENS = 1600
 """Input tokens of one image on Anthropic's Claude models at the largest size sent without
 downscaling (about 1.15 megapixels: ``width * height / 750``). Pass it to
-:func:`estimate_tokens` as ``tokens_per_image``."""
+:func:`estimate_tokens` as ``tokens_per_image`` when the size is not known;
+:func:`anthropic_image_tokens` is the count for a size."""
+
+# OpenAI's "Calculating costs" (images and vision guide): tile-priced models see the image
+# scaled to fit 2048 x 2048 and then to a shortest side of 768 px, and bill base tokens plus
+# tokens per 512-px tile; ``detail="low"`` is the base tokens alone. GPT-4o mini bills many more
+# tokens an image at its lower token price, so an image costs what it costs on GPT-4o.
+_OPENAI_TILES: dict[str, tuple[int, int]] = {  # model family: (base tokens, tokens per tile)
+    "gpt-4o": (85, 170),
+    "gpt-4o-mini": (2833, 5667),
+    "gpt-4.1": (85, 170),
+    "gpt-4.5": (85, 170),
+    "gpt-5": (70, 140),
+    "o1": (75, 150),
+    "o3": (75, 150),
+}
+_OPENAI_DEFAULT_TILES = _OPENAI_TILES["gpt-4o"]  # unknown (e.g. OpenAI-compatible) models
+# Patch-priced models: one token per 32-px patch covering the image (scaled down to at most
+# 1536 patches), times the model's multiplier.
+_OPENAI_PATCHES: dict[str, float] = {  # model family: tokens per patch
+    "gpt-4.1-mini": 1.62,
+    "gpt-4.1-nano": 2.46,
+    "gpt-5-mini": 1.62,
+    "gpt-5-nano": 2.46,
+    "o4-mini": 1.72,
+}
+_OPENAI_MAX_SIDE = 2048
+_OPENAI_SHORT_SIDE = 768
+_OPENAI_TILE = 512
+_OPENAI_PATCH = 32
+_OPENAI_MAX_PATCHES = 1536
+
+# Anthropic's vision guide: an image whose long side is over 1568 px is scaled down to it, and
+# one of more than about 1.15 megapixels (~1,600 tokens) is scaled down to that; the tokens are
+# width * height / 750. The cap is the largest size the guide lists as sent unscaled (784 x
+# 1568, 1:2), so the estimate never falls short of a documented size.
+_ANTHROPIC_MAX_SIDE = 1568
+_ANTHROPIC_PIXELS_PER_TOKEN = 750
+_ANTHROPIC_MAX_PIXELS = 784 * 1568
 
 
 class Usage(BaseModel):
@@ -128,17 +172,12 @@ PRICES: dict[str, ModelPrice] = {
 
 _SNAPSHOT_SEPARATORS = "-@:_"
 
+_Value = TypeVar("_Value")
 
-def price_for(model: str, prices: Mapping[str, ModelPrice] | None = None) -> ModelPrice | None:
-    """The price of ``model``, or ``None`` when it is not known.
 
-    ``prices`` extends and overrides :data:`PRICES`. A model matches a known name exactly, or
-    else the longest known name that is a prefix of it followed by a separator (``-``, ``@``,
-    ``:`` or ``_``), so ``gpt-4o-mini-2024-07-18`` is ``gpt-4o-mini`` and
-    ``claude-sonnet-4-5-20250929`` is ``claude-sonnet-4-5``, while ``gpt-4.1`` is not
-    ``gpt-4``. A ``provider/`` prefix (``openai/gpt-4o``) is tried without it too.
-    """
-    table: dict[str, ModelPrice] = {**PRICES, **(prices or {})}
+def _family(model: str, table: Mapping[str, _Value]) -> _Value | None:
+    """``table[model]`` by exact name, else by the longest known prefix followed by a snapshot
+    separator; a ``provider/`` prefix is tried without it too."""
     candidates = [model]
     if "/" in model:
         candidates.append(model.rsplit("/", 1)[1])
@@ -155,6 +194,18 @@ def price_for(model: str, prices: Mapping[str, ModelPrice] | None = None) -> Mod
         if matches:
             return table[max(matches, key=len)]
     return None
+
+
+def price_for(model: str, prices: Mapping[str, ModelPrice] | None = None) -> ModelPrice | None:
+    """The price of ``model``, or ``None`` when it is not known.
+
+    ``prices`` extends and overrides :data:`PRICES`. A model matches a known name exactly, or
+    else the longest known name that is a prefix of it followed by a separator (``-``, ``@``,
+    ``:`` or ``_``), so ``gpt-4o-mini-2024-07-18`` is ``gpt-4o-mini`` and
+    ``claude-sonnet-4-5-20250929`` is ``claude-sonnet-4-5``, while ``gpt-4.1`` is not
+    ``gpt-4``. A ``provider/`` prefix (``openai/gpt-4o``) is tried without it too.
+    """
+    return _family(model, {**PRICES, **(prices or {})})
 
 
 def cost_usd(
@@ -191,11 +242,82 @@ def estimate_tokens(text: str, *, images: int = 0, tokens_per_image: int = 0) ->
     """A cheap upper-leaning token estimate: ``ceil(len(text) / 4)`` plus the images.
 
     Image tokens depend on the provider and the image size, so the caller passes a fixed
-    ``tokens_per_image`` (see :data:`OPENAI_IMAGE_TOKENS` and :data:`ANTHROPIC_IMAGE_TOKENS`).
+    ``tokens_per_image`` (see :data:`OPENAI_IMAGE_TOKENS` and :data:`ANTHROPIC_IMAGE_TOKENS`,
+    or :func:`openai_image_tokens` / :func:`anthropic_image_tokens` for a known size). Never
+    pass an image's base64 text as ``text``: it is many times the tokens the image is billed.
     """
     if images < 0 or tokens_per_image < 0:
         raise ValueError("images and tokens_per_image must not be negative")
     return math.ceil(len(text) / CHARS_PER_TOKEN) + images * tokens_per_image
+
+
+def openai_image_tokens(
+    width: int,
+    height: int,
+    *,
+    model: str = "gpt-4o",
+    detail: Literal["high", "low", "auto"] = "high",
+) -> int:
+    """The input tokens OpenAI bills for one ``width`` x ``height`` image sent to ``model``.
+
+    Tile-priced models (GPT-4o, GPT-4o mini, GPT-4.1, GPT-5, o1, o3 and unknown models): at
+    ``detail="high"`` (and ``"auto"``, counted as high so the estimate does not fall short) the
+    image is scaled to fit 2048 x 2048, then down to a shortest side of 768 px, and costs the
+    model's base tokens plus its tokens per 512-px tile (GPT-4o: 85 + 170 a tile, so 765 for
+    1024 x 1024; GPT-4o mini: 2833 + 5667 a tile); ``detail="low"`` is the base tokens.
+    Patch-priced models (GPT-4.1 mini and nano, GPT-5 mini and nano, o4-mini): 32-px patches
+    covering the image, scaled down to at most 1536 patches, times the model's multiplier.
+    Dated snapshots resolve to their family as in :func:`price_for`.
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"an image has a positive size, got {width} x {height}")
+    multiplier = _family(model, _OPENAI_PATCHES)
+    if multiplier is not None:
+        return math.ceil(_openai_patches(width, height) * multiplier)
+    base, per_tile = _family(model, _OPENAI_TILES) or _OPENAI_DEFAULT_TILES
+    if detail == "low":
+        return base
+    w, h = float(width), float(height)
+    if max(w, h) > _OPENAI_MAX_SIDE:
+        scale = _OPENAI_MAX_SIDE / max(w, h)
+        w, h = w * scale, h * scale
+    if min(w, h) > _OPENAI_SHORT_SIDE:
+        scale = _OPENAI_SHORT_SIDE / min(w, h)
+        w, h = w * scale, h * scale
+    tiles = math.ceil(w / _OPENAI_TILE) * math.ceil(h / _OPENAI_TILE)
+    return base + per_tile * tiles
+
+
+def _openai_patches(width: int, height: int) -> int:
+    """The 32-px patches covering an image after OpenAI scales it to at most 1536 of them."""
+    patch = _OPENAI_PATCH
+    patches = math.ceil(width / patch) * math.ceil(height / patch)
+    if patches <= _OPENAI_MAX_PATCHES:
+        return patches
+    shrink = math.sqrt(_OPENAI_MAX_PATCHES * patch * patch / (width * height))
+    w, h = width * shrink / patch, height * shrink / patch  # in patches, fractional
+    # scale a little further so that a whole number of patches fits the shorter way
+    shrink *= min(max(1, math.floor(w)) / w, max(1, math.floor(h)) / h)
+    w_px, h_px = max(1, int(width * shrink)), max(1, int(height * shrink))
+    return min(_OPENAI_MAX_PATCHES, math.ceil(w_px / patch) * math.ceil(h_px / patch))
+
+
+def anthropic_image_tokens(width: int, height: int) -> int:
+    """The input tokens Anthropic bills for one ``width`` x ``height`` image.
+
+    ``width * height / 750`` (rounded up) after the image is scaled down to a long side of at
+    most 1568 px, and at most the tokens of the largest image the guide lists as sent unscaled
+    (about 1.15 megapixels, ~1,600 tokens): 54 for 200 x 200, 1,334 for 1000 x 1000, 1,590 for
+    1092 x 1092.
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"an image has a positive size, got {width} x {height}")
+    w, h = float(width), float(height)
+    if max(w, h) > _ANTHROPIC_MAX_SIDE:
+        scale = _ANTHROPIC_MAX_SIDE / max(w, h)
+        w, h = w * scale, h * scale
+    pixels = min(w * h, _ANTHROPIC_MAX_PIXELS)
+    return math.ceil(pixels / _ANTHROPIC_PIXELS_PER_TOKEN)
 
 
 class CostTracker:

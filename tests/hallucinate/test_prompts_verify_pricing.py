@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import re
 from typing import Any
 
@@ -15,12 +16,16 @@ from pydantic import ValidationError
 
 from povidgen.errors import BudgetExceededError, HallucinationError, PovidgenError
 from povidgen.hallucinate.pricing import (
+    ANTHROPIC_IMAGE_TOKENS,
+    OPENAI_IMAGE_TOKENS,
     PRICES,
     CostTracker,
     ModelPrice,
     Usage,
+    anthropic_image_tokens,
     cost_usd,
     estimate_tokens,
+    openai_image_tokens,
     price_for,
 )
 from povidgen.hallucinate.prompts import (
@@ -535,6 +540,62 @@ def test_estimate_tokens() -> None:
     assert estimate_tokens("abcd", images=2, tokens_per_image=85) == 171
     with pytest.raises(ValueError, match="negative"):
         estimate_tokens("x", images=-1)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "model", "detail", "tokens"),
+    [
+        # OpenAI's documented examples: 85 + 170 a 512-px tile after fitting 2048 and 768
+        (1024, 1024, "gpt-4o", "high", 765),
+        (2048, 4096, "gpt-4o", "high", 1105),
+        (4096, 8192, "gpt-4o-2024-08-06", "high", 1105),  # fitted into 2048 x 2048 first
+        (512, 512, "gpt-4o", "high", 255),  # small images are not scaled up
+        (700, 300, "gpt-4.1", "auto", 425),  # auto counts as high: 2 x 1 tiles
+        (1024, 1024, "gpt-4o", "low", 85),
+        (1024, 1024, "gpt-4o-mini", "high", 2833 + 4 * 5667),  # priced as on gpt-4o
+        (1024, 1024, "gpt-4o-mini-2024-07-18", "low", 2833),
+        (1024, 1024, "gpt-5", "high", 70 + 4 * 140),
+        (1024, 1024, "o3", "high", 75 + 4 * 150),
+        (1024, 1024, "my-local-vlm", "high", 765),  # unknown: as gpt-4o
+        # patch-priced: 32-px patches, at most 1536 (1800 x 2400 is scaled to 1452), x a factor
+        (1024, 1024, "gpt-4.1-mini", "high", math.ceil(1024 * 1.62)),
+        (1800, 2400, "gpt-4.1-mini", "high", math.ceil(1452 * 1.62)),
+        (1800, 2400, "gpt-4.1-nano-2025-04-14", "high", math.ceil(1452 * 2.46)),
+        (2048, 768, "gpt-5-mini", "high", math.ceil(1536 * 1.62)),  # exactly at the cap
+        (1024, 1024, "o4-mini", "low", math.ceil(1024 * 1.72)),  # detail does not apply
+        (100_000, 10, "gpt-5-nano", "high", math.ceil(1536 * 2.46)),
+    ],
+)
+def test_openai_image_tokens_follow_the_documented_formula(
+    width: int, height: int, model: str, detail: Any, tokens: int
+) -> None:
+    assert openai_image_tokens(width, height, model=model, detail=detail) == tokens
+
+
+def test_openai_image_tokens_default_is_the_1024_px_high_detail_image() -> None:
+    assert openai_image_tokens(1024, 1024) == OPENAI_IMAGE_TOKENS
+    with pytest.raises(ValueError, match="positive size"):
+        openai_image_tokens(0, 10)
+
+
+@pytest.mark.parametrize(
+    ("width", "height", "tokens"),
+    [
+        (200, 200, 54),  # Anthropic's documented examples: width * height / 750
+        (1000, 1000, 1334),
+        (1092, 1092, 1590),
+        (1, 1, 1),
+        (784, 1568, 1640),  # the largest size listed as sent unscaled
+        (3136, 1568, 1640),  # scaled to a long side of 1568 first
+        (1500, 1500, 1640),  # over ~1.15 megapixels: scaled down, never counted above the cap
+        (20_000, 400, 66),  # scaled to 1568 x 31.36: a thin image stays thin
+    ],
+)
+def test_anthropic_image_tokens_follow_the_documented_formula(
+    width: int, height: int, tokens: int
+) -> None:
+    assert anthropic_image_tokens(width, height) == tokens
+    assert anthropic_image_tokens(width, height) <= ANTHROPIC_IMAGE_TOKENS * 1.03
 
 
 def test_cost_tracker_reservations() -> None:
