@@ -142,11 +142,15 @@ def test_bad_credentials_or_quota_stop_the_run_and_keep_what_was_done(
 
 
 def test_the_cost_cap_stops_submitting_before_it_is_passed(server: FakeLLMServer) -> None:
-    probe = make("openai", server)
+    # no cache: every row is paid for; no image: an image's estimate alone (thousands of
+    # tokens at gpt-4o-mini's rates) would pass a cap of a few calls
+    options: dict[str, Any] = {"cache": False, "send_image": False}
+    probe = make("openai", server, **options)
     build(probe, 1)
     per_call = probe.cost.spent
+    assert per_call > 0
     cap = per_call * 20  # the reservation is pessimistic (max_output_tokens), so fewer fit
-    hallucinator = make("openai", server, max_cost_usd=cap)
+    hallucinator = make("openai", server, max_cost_usd=cap, **options)
     builder = build(hallucinator, 60, concurrency=4)
     assert hallucinator.cost.spent <= cap
     assert builder.report.stopped is not None
