@@ -311,10 +311,45 @@ def scene() -> Scene:
         ("relation", "near", False),
         ("text", "STOP", True),
         ("reasoning", "so it must be raining", False),
+        ("reasoning", "No, there is no apple in the image;", True),
+        ("reasoning", "there isn't a red book", True),
+        ("reasoning", "No, there is no cup in the image", False),
+        ("reasoning", "Yes, there is a cup at the top of the image", True),
+        ("reasoning", "Yes, there is a book on the left", False),
     ],
 )
 def test_contradicts(scene: Scene, kind: str, injected: str, expected: bool) -> None:
     assert contradicts(scene, kind, injected) is expected
+
+
+@pytest.mark.parametrize(
+    ("kind", "rejected", "injected", "expected"),
+    [
+        # Alone, "left" and "blue" are undecidable: some group is on the left, some is blue.
+        ("spatial", "The book is on the left of the image.", "on the left", True),
+        ("spatial", "The apples are on the left of the image.", "on the left", False),
+        ("attribute", "The apples are blue.", "blue", True),
+        ("attribute", "The book is blue.", "blue", False),
+        ("count", "There are two red books.", "are two red books", True),
+        ("count", "There is a blue book.", "is a blue book", False),
+        # A clause naming two groups (or an object the scene lacks) is read alone.
+        ("attribute", "The apples and the book are blue.", "blue", False),
+        ("attribute", "The bananas are blue.", "blue", False),
+        ("spatial", "The apples are to the right of the book.", "to the right of", True),
+    ],
+)
+def test_contradicts_in_context(
+    scene: Scene, kind: str, rejected: str, injected: str, expected: bool
+) -> None:
+    start = rejected.index(injected)
+    assert contradicts(scene, kind, injected, rejected=rejected, start=start) is expected
+
+
+def test_contradicts_context_needs_both_and_the_right_start(scene: Scene) -> None:
+    with pytest.raises(ValueError, match="both"):
+        contradicts(scene, "spatial", "left", rejected="on the left")
+    with pytest.raises(ValueError, match="injected"):
+        contradicts(scene, "spatial", "left", rejected="on the left", start=0)
 
 
 def test_contradicts_rejects_unknown_kinds(scene: Scene) -> None:

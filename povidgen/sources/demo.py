@@ -729,11 +729,18 @@ def _noun_lemma(word: str) -> str:
     return word
 
 
-def contradicts(scene: Scene, kind: str, injected: str) -> bool:
+def contradicts(
+    scene: Scene,
+    kind: str,
+    injected: str,
+    *,
+    rejected: str | None = None,
+    start: int | None = None,
+) -> bool:
     """Whether the ``injected`` text of an edit of ``kind`` is verifiably false for ``scene``.
 
-    Decided from the injected text alone, conservatively: ``True`` only when the claim is
-    certainly false, ``False`` when it is true *or cannot be decided*.
+    Decided conservatively: ``True`` only when the claim is certainly false, ``False`` when it
+    is true *or cannot be decided*. From the injected text alone:
 
     * ``object``: the text names an object from a broad vocabulary (singular or plural) that is
       not in the scene ("a banana", "There is also a dog next to it.").
@@ -750,14 +757,104 @@ def contradicts(scene: Scene, kind: str, injected: str) -> bool:
       touch. A position word that some group does hold is undecidable (the edit may have moved
       another group there).
     * ``text``: always ``True``, since demo scenes contain no writing at all.
-    * ``reasoning``: always ``False`` (undecidable).
+    * ``reasoning``: a yes/no conclusion about an object. ``True`` when the text says an object
+      of the scene is absent ("No, there is no cup in the image", "there isn't a cup") or says
+      that an object the scene lacks is there ("Yes, there is a book at the top", "there are
+      two books"); otherwise undecidable (``False``).
+
+    With the whole rejected answer (``rejected``) and where the injected text starts in it
+    (``start``), an ``attribute``, ``count`` or ``spatial`` claim is also read in its clause
+    (split at ``. ; , :`` and "and"): when the clause names exactly one group of the scene, the
+    claim is about that group, and it is false when the colour, number or position it states is
+    not that group's ("The apples are red." for white apples, "There are three kites." for one
+    kite, "The kites are on the left of the image." for kites on the right).
 
     Raises:
-        ValueError: ``kind`` is not an edit kind.
+        ValueError: ``kind`` is not an edit kind, or only one of ``rejected`` and ``start``
+            is given, or ``start`` does not point at ``injected`` in ``rejected``.
     """
     kind = str(kind)
     if kind not in _EDIT_KINDS:
         raise ValueError(f"unknown edit kind {kind!r}; choose one of {sorted(_EDIT_KINDS)}")
+    if (rejected is None) != (start is None):
+        raise ValueError("give both rejected and start, or neither")
+    if rejected is not None and start is not None:
+        if rejected[start : start + len(injected)] != injected:
+            raise ValueError(f"rejected[{start}:] does not start with the injected text")
+        group = _group_of_clause(scene, rejected, start, start + len(injected))
+        if group is not None and _false_about(group, kind, injected.lower()):
+            return True
+    return _contradicts_alone(scene, kind, injected)
+
+
+_CLAUSE_BREAKS = re.compile(r"[.;,:!?]|\band\b")
+
+
+def _group_of_clause(scene: Scene, text: str, start: int, end: int) -> SceneObject | None:
+    """The one scene group the clause around ``[start, end)`` names, or ``None``."""
+    low, high = 0, len(text)
+    for match in _CLAUSE_BREAKS.finditer(text.lower()):
+        if match.end() <= start:
+            low = match.end()
+        elif match.start() >= end:
+            high = match.start()
+            break
+    clause = _words(text[low:high].lower())
+    named = {_noun_lemma(w) for w in clause} & set(scene.names())
+    others = ({_noun_lemma(w) for w in clause} & _OBJECT_VOCAB) - named
+    if len(named) != 1 or others:
+        return None
+    return scene.find(named.pop())
+
+
+def _false_about(group: SceneObject, kind: str, text: str) -> bool:
+    """Whether ``text``, a claim of ``kind`` about ``group``, states a value it does not have."""
+    words = _words(text)
+    if kind == "attribute":
+        colours = [w for w in words if w in _COLOR_WORDS]
+        return bool(colours) and group.color not in colours
+    if kind == "count":
+        numbers = [
+            int(w) if w.isdigit() else _NUMBERS[w] for w in words if w.isdigit() or w in _NUMBERS
+        ]
+        numbers += [1 for w in words if w in ("a", "an")]
+        return bool(numbers) and group.count not in numbers
+    if kind == "spatial" and not _RELATION_RE.search(text):
+        positions = {_POSITION_WORDS[w] for w in words if w in _POSITION_WORDS}
+        return bool(positions) and group.position not in positions
+    return False
+
+
+_NEGATOR = re.compile(
+    r"\b(?:no|(?:is|are|was|were)\s*(?:n't|not)\s+(?:a|an|any)|(?:don't|do not|cannot|can't)"
+    r"\s+see\s+(?:a|an|any))\s"
+)
+_ASSERTION = re.compile(
+    r"\bthere\s+(?:is|are|was|were)\s+(?:a|an|one|two|three|four|five|six|seven|eight|nine|ten|"
+    r"several|some|\d+)\s"
+)
+
+
+def _object_after(text: str, end: int) -> str | None:
+    """The first vocabulary object among the three words after ``end``, as its lemma."""
+    for word in _words(text[end:])[:3]:
+        noun = _noun_lemma(word)
+        if noun in _OBJECT_VOCAB:
+            return noun
+    return None
+
+
+def _reasoning_is_false(scene: Scene, text: str) -> bool:
+    """Whether ``text`` says a scene object is absent or an absent object is there."""
+    negated = {n for m in _NEGATOR.finditer(text) if (n := _object_after(text, m.end()))}
+    if negated & set(scene.names()):
+        return True
+    asserted = {n for m in _ASSERTION.finditer(text) if (n := _object_after(text, m.end()))}
+    return bool(asserted - negated - set(scene.names()))
+
+
+def _contradicts_alone(scene: Scene, kind: str, injected: str) -> bool:
+    """:func:`contradicts` from the injected text alone."""
     text = injected.lower()
     words = _words(text)
     if kind == "object":
@@ -777,4 +874,6 @@ def contradicts(scene: Scene, kind: str, injected: str) -> bool:
             return _ACTION_RE.search(text) is not None
         positions = {_POSITION_WORDS[w] for w in words if w in _POSITION_WORDS}
         return any(p not in scene.positions() for p in positions)
+    if kind == "reasoning":
+        return _reasoning_is_false(scene, text)
     return kind == "text"
