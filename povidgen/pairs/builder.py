@@ -186,6 +186,7 @@ class PairBuilder:
         self._stopped: RunStoppedError | None = None
         self._loop: _LoopThread | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._closing = False
         # what every row's provenance repeats, computed once per run
         self._params: tuple[dict[str, Any], dict[str, Any] | None, str] = ({}, None, "")
         self.errors: list[RowError] = []
@@ -534,6 +535,7 @@ class PairBuilder:
             return
         self._loop = _LoopThread()
         self._stopped = None
+        self._closing = False
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="povidgen-rows")
         try:
             if self.hallucinator.streams:
@@ -541,8 +543,10 @@ class PairBuilder:
             else:
                 yield from self._batches(start)
         finally:
+            self._closing = True
             self._pool.shutdown(wait=True, cancel_futures=True)
             try:
+                self._loop.run(_cancel_pending())  # calls of rows an interrupt left behind
                 self._loop.run(self.hallucinator.aclose())
             finally:
                 self._loop.close()
@@ -571,11 +575,13 @@ class PairBuilder:
         limit = 4 * self.concurrency + 2 * self.workers
 
         def finish() -> tuple[int, _Done | RowError, bool]:
-            index, future = window.popleft()
+            index, future = window[0]  # popped only once done: an interrupt cancels it below
             prepared = future.result()
             if isinstance(prepared, RowError):
+                window.popleft()
                 return index, prepared, prepared.error_type == "RunStoppedError"
             result = prepared.call.result() if prepared.call is not None else None
+            window.popleft()
             return index, *self._complete(prepared, result)
 
         try:
@@ -595,6 +601,7 @@ class PairBuilder:
             while window:
                 yield self._logged(finish())
         finally:
+            self._closing = True  # rows still on the pool start no call
             for _, future in window:  # interrupted: no call outlives the run
                 future.cancel()
                 if future.done() and not future.cancelled():
@@ -694,6 +701,8 @@ class PairBuilder:
         call = None
         if slots is not None:
             assert self._loop is not None
+            if self._closing:
+                return _row_error(row_id, index, "hallucinate", "not attempted: interrupted")
             coroutine = _bounded_call(self.hallucinator, read.example, slots)
             call = asyncio.run_coroutine_threadsafe(coroutine, self._loop.loop)
         prepared = _Prepared(read, call)
@@ -975,6 +984,15 @@ class _LoopThread:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join()
         self.loop.close()
+
+
+async def _cancel_pending() -> None:
+    """Cancel every other task of the run's loop and wait for them to end."""
+    current = asyncio.current_task()
+    tasks = [task for task in asyncio.all_tasks() if task is not current]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def _semaphore(concurrency: int) -> asyncio.Semaphore:
