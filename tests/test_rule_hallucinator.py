@@ -350,7 +350,8 @@ def test_orange_as_a_fruit(answer: str) -> None:
 def test_demo_answers_get_two_or_more_contradicting_edits(answer: str) -> None:
     for i in range(15):
         result = run(answer, id=f"demo-{i}")
-        assert 2 <= len(result.edits) <= 3
+        # A flipped yes/no answer may be one edit: "No, there is no clock in the image."
+        assert (1 if answer.startswith("Yes") else 2) <= len(result.edits) <= 3
         check_exact(answer, result)
         for edit in result.edits:
             if edit.kind is EditKind.OBJECT:

@@ -40,11 +40,12 @@ Word lists other than the objects live in ``data/lexicon.json``; both are read t
 * *relation* ("Where are the apples relative to the book?"): the spatial or relation word
   between the two subjects flips ("above" becomes "below");
 * *existence* ("Is there a cup in the image?"): the conclusion flips and the rest follows. A
-  "yes" becomes "No, there is no cup in the image;" and the rest of the answer describes an
-  absent object that co-occurs with the cup instead ("there are three white bottles at the
-  bottom"), or, when none can be named, the whole answer becomes "No, there is no cup in the
-  image."; a "no" becomes "Yes, there is a book at the top of the image", the place picked among
-  ``new_places`` of the lexicon, preferring one the answer does not use;
+  "yes" becomes "No, there is no cup;" and the rest of the answer describes an absent object
+  that co-occurs with the cup instead ("there are three white bottles at the bottom"); when
+  the rest does not name the cup again, no object can stand in, or the rewrite would grow
+  past 1.5 times the answer's length, the whole answer becomes "No, there is no cup in the
+  image.". A "no" becomes "Yes, there is a book at the top of the image", the place picked
+  among ``new_places`` of the lexicon, preferring one the answer does not use;
 * *yes/no* about a value ("Is the cup red?"): "Yes" becomes "No" and the value in the answer
   becomes another ("No, the cup is blue."); "No" becomes "Yes" and the answer's value becomes
   the asked one ("Yes, the cup is red."), or its negation is dropped.
@@ -146,6 +147,7 @@ RULES_VERSION = 2
 _MIN_COUNT = 2  # a count word not followed by a known noun stays plural
 _MAX_DIGIT_COUNT = 99
 _MAX_QUOTE_LENGTH = 40  # longer quotes are speech, not sign or label text
+_MAX_GROWTH = 1.5  # a "no" flip naming a stand-in object stays within this times the length
 
 # Words after which "orange" is the fruit rather than a colour: function words that end or
 # continue a noun phrase, and nouns that name parts or products of the fruit.
@@ -1156,74 +1158,76 @@ def _asked_count(subject: Subject, state: _DrawState) -> list[_Replacement]:
 def _existence_flip(question: Question, subject: Subject, state: _DrawState) -> list[_Replacement]:
     said = polarity(state.text, subject)
     if said == "yes":
-        return _to_no(question, subject, state)
+        return _to_no(subject, state)
     if said == "no":
         return _to_yes(subject, state)
     return []
 
 
-def _to_no(question: Question, subject: Subject, state: _DrawState) -> list[_Replacement]:
-    """A "yes" answer made "no": "No, there is no cup in the image;" and the rest about an
-    absent object instead (or the whole answer replaced when no object can be named)."""
+def _to_no(subject: Subject, state: _DrawState) -> list[_Replacement]:
+    """A "yes" answer made "no".
+
+    When the rest of the answer names the subject again and an absent object can stand in for
+    it, the conclusion becomes "No, there is no cup;" and every later mention of the cup names
+    that object instead ("there are three white bottles at the bottom"), as long as the
+    rewrite stays within :data:`_MAX_GROWTH` times the answer's length. Otherwise the whole
+    answer becomes "No, there is no cup in the image." (a rest that does not name the cup may
+    still refer to it: "Yes, it is on the table.").
+    """
     text = state.text
     plural = subject.plural_in_question
-    clause = f"there {'are' if plural else 'is'} no {subject.form(plural)} in the image"
+    absent = f"there {'are' if plural else 'is'} no {subject.form(plural)}"
     leading = leading_yes_no(text)
+    whole = text.strip()
+    begin = text.index(whole)
+    if leading is not None:
+        short = f"{_match_case(text[leading[0] : leading[1]], 'no')}, {absent} in the image."
+    else:
+        short = f"{absent[:1].upper()}{absent[1:]} in the image."
+    fallback = [_Replacement(EditKind.REASONING, begin, begin + len(whole), whole, short)]
     if leading is not None:
         start, end, _ = leading
         punctuation = re.match(r"[ \t]*([,.!;:])", text[end:])
         rest_from = end + (punctuation.end() if punctuation else 0)
-        if not text[rest_from:].strip():
-            no = _match_case(text[start:end], "no")
-            whole = text[start:].rstrip()
-            return [
-                _Replacement(
-                    EditKind.REASONING, start, start + len(whole), whole, f"{no}, {clause}."
-                )
-            ]
         mark = ";" if punctuation is None or punctuation.group(1) == "," else punctuation.group(1)
         no = _match_case(text[start:end], "no")
         flip = _Replacement(
-            EditKind.REASONING, start, rest_from, text[start:rest_from], f"{no}, {clause}{mark}"
+            EditKind.REASONING, start, rest_from, text[start:rest_from], f"{no}, {absent}{mark}"
         )
     else:
         first = re.match(r"\s*([A-Za-z]+)", text)
         if first is None:
-            return []
+            return fallback
         word = first.group(1)
         flip = _Replacement(
             EditKind.REASONING,
             first.start(1),
             first.end(1),
             word,
-            f"{clause[:1].upper()}{clause[1:]}; {_lower_first(word)}",
+            f"{absent[:1].upper()}{absent[1:]}; {_lower_first(word)}",
         )
     rest = [m for m in mentions(text, subject) if m.start >= flip.end]
-    name = (
-        state.absent_object([subject.name] if subject.known else state.present)
-        if (EditKind.OBJECT in state.kinds and rest)
-        else None
-    )
-    if rest and name is None:
-        whole = text.strip()
-        begin = text.index(whole)
-        no = "No, " if leading is not None else ""
-        sentence = f"{no}{clause}." if no else f"{clause[:1].upper()}{clause[1:]}."
-        return [_Replacement(EditKind.REASONING, begin, begin + len(whole), whole, sentence)]
+    if not rest or EditKind.OBJECT not in state.kinds:
+        return fallback
+    name = state.absent_object([subject.name] if subject.known else state.present)
+    if name is None:
+        return fallback
     replacements = [flip]
-    if name is not None:
-        entry = state.lexicon.objects[name]
-        for mention in rest:
-            many = mention.plural if mention.plural is not None else plural
-            article = _article_start(text, mention.start)
-            if article is not None and article < flip.end:
-                article = None  # the flip already rewrote it
-            candidate = _Candidate(
-                EditKind.OBJECT, "object", mention.start, mention.end, subject.name, many, article
-            )
-            replacement = _replacement(candidate, entry.plural if many else entry.singular, text)
-            if not any(replacement.overlaps(r) for r in replacements):
-                replacements.append(replacement)
+    entry = state.lexicon.objects[name]
+    for mention in rest:
+        many = mention.plural if mention.plural is not None else plural
+        article = _article_start(text, mention.start)
+        if article is not None and article < flip.end:
+            article = None  # the flip already rewrote it
+        candidate = _Candidate(
+            EditKind.OBJECT, "object", mention.start, mention.end, subject.name, many, article
+        )
+        replacement = _replacement(candidate, entry.plural if many else entry.singular, text)
+        if not any(replacement.overlaps(r) for r in replacements):
+            replacements.append(replacement)
+    growth = sum(len(r.injected) - len(r.original) for r in replacements)
+    if len(text) + growth > _MAX_GROWTH * len(text):
+        return fallback
     return replacements
 
 
