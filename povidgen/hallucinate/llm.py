@@ -62,7 +62,11 @@ from povidgen.hallucinate.prompts import (
     build_messages,
     prompt_fingerprint,
 )
-from povidgen.hallucinate.verify import VerificationError, verify_reply
+from povidgen.hallucinate.verify import (
+    VerificationError,
+    verify_answer_to_question,
+    verify_reply,
+)
 from povidgen.schema import Example, Hallucination
 
 __all__ = ["LLMHallucinator", "Reply"]
@@ -475,7 +479,7 @@ class LLMHallucinator(Hallucinator):
             self.cost.add(cost_usd(self.model, usage, batch=batch, prices=self.prices))
             self.usage = self.usage + usage
         try:
-            return verify_reply(example, text, self.prompt)
+            return self._verify(example, text)
         except VerificationError as error:
             return error
 
@@ -488,6 +492,15 @@ class LLMHallucinator(Hallucinator):
 
     # -- the per-example loop -----------------------------------------------------------------
 
+    def _verify(self, example: Example, text: str) -> Hallucination:
+        """:func:`verify_reply`, then the question-aware check
+        (:func:`verify_answer_to_question`): a reply that swaps the asked object away,
+        contradicts itself or leaves what was asked unchanged fails with a reason that is
+        fed back on the next attempt."""
+        hallucination = verify_reply(example, text, self.prompt)
+        verify_answer_to_question(example, hallucination)
+        return hallucination
+
     async def ahallucinate(self, example: Example) -> Hallucination:
         feedback: str | None = None
         previous: str | None = None
@@ -497,7 +510,7 @@ class LLMHallucinator(Hallucinator):
             )
             reply = await self._call(system, user, example)
             try:
-                return verify_reply(example, reply.text, self.prompt)
+                return self._verify(example, reply.text)
             except VerificationError as error:
                 logger.info(
                     "reply for %s failed verification (attempt %d/%d): %s",

@@ -19,6 +19,14 @@ the raw JSON text, or a dict, and checks, in this order:
 The first failure raises :class:`VerificationError`, whose :attr:`~VerificationError.reason` is
 written to the model: callers feed it back on retry.
 
+:func:`verify_answer_to_question` is the question-aware check, the same rules
+:class:`~povidgen.RuleHallucinator` follows (:mod:`povidgen.hallucinate.questions`): a rewrite
+of an English answer to a question must keep the objects the question asks about, stay
+coherent (a "No" that still counts the object, a "Yes" that says it is absent, "one kites",
+"there is three cups" fail) and change what the question asks (the count, the colour, the
+place, the relation, the yes/no conclusion), where these can be read. The API-backed
+hallucinators run it after :func:`verify_reply` and re-ask with its reason.
+
 Spans. Each injected text is located in the rewrite in the order the edits are listed, never
 overlapping a span already taken, preferring an occurrence at or after the previous edit's span
 (so a phrase injected twice maps to successive occurrences) and an occurrence on word
@@ -37,10 +45,12 @@ from typing import Any
 from pydantic import ValidationError
 
 from povidgen.errors import VerificationError
+from povidgen.hallucinate.lexicon import detect_language, english
 from povidgen.hallucinate.prompts import ANSWER_CLOSE, ANSWER_OPEN, PromptConfig, RewriteReply
+from povidgen.hallucinate.questions import answer_problem, parse_question
 from povidgen.schema import Edit, Example, Hallucination
 
-__all__ = ["VerificationError", "verify_reply"]
+__all__ = ["VerificationError", "verify_answer_to_question", "verify_reply"]
 
 _APOSTROPHE = "['\u2019]"
 _FIRST_PERSON_REFUSAL = (
@@ -329,3 +339,25 @@ def verify_reply(
         )
     except ValidationError as error:  # defensive: the checks above should rule this out
         raise VerificationError(f"The reply could not be turned into edits: {error}") from None
+
+
+def verify_answer_to_question(example: Example, rejected: str | Hallucination) -> None:
+    """Check a rewrite of ``example.answer`` against the question ``example.prompt`` asks.
+
+    ``rejected`` is the rewritten answer, or a :class:`~povidgen.Hallucination` (its
+    ``rejected`` is checked). Raises :class:`VerificationError` with a reason addressed to the
+    model when the rewrite drops an object the question asks about, contradicts itself (a "No"
+    that still states a quantity of the asked object, a "Yes" that says it is absent, a number
+    that disagrees with its noun or verb where the answer agreed), or leaves what the question
+    asks unchanged where both answers state it. The rules are those of
+    :func:`povidgen.hallucinate.questions.answer_problem`. A prompt that is not a question
+    gets the agreement check only; an answer not in English is not checked.
+    """
+    text = rejected.rejected if isinstance(rejected, Hallucination) else rejected
+    if detect_language(example.answer) != "en":
+        return
+    lexicon = english()
+    question = parse_question(example.prompt, lexicon)
+    problem = answer_problem(question, example.answer.strip(), text.strip(), lexicon)
+    if problem is not None:
+        raise VerificationError(problem)

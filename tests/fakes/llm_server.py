@@ -99,6 +99,7 @@ __all__ = [
     "count_tokens",
     "default_responder",
     "extract_answer",
+    "extract_question",
     "fake_llm_server",
     "prompt_tokens",
 ]
@@ -135,6 +136,7 @@ MALFORMED_TEXT = '{"rejected": "The answer was cut off here'
 _REDACTED_HEADERS = frozenset({"authorization", "x-api-key"})
 _ANSWER_BLOCK = re.compile(r"<answer>[ \t]*\r?\n(.*?)\r?\n[ \t]*</answer>", re.DOTALL)
 _ANSWER_INLINE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
+_QUESTION_BLOCK = re.compile(r"(?:\A|\n)Question:[ \t]*\r?\n(.*?)\r?\n[ \t]*\r?\n", re.DOTALL)
 _TINY_IMAGE = Image.new("RGB", (2, 2), (127, 127, 127))
 
 
@@ -194,6 +196,19 @@ def extract_answer(body: dict[str, Any]) -> str | None:
     return None
 
 
+def extract_question(body: dict[str, Any]) -> str | None:
+    """The question of the built-in prompt (the lines after ``Question:``), or ``None``."""
+    messages = [m for m in body.get("messages") or [] if isinstance(m, dict)]
+    for message in messages:
+        if message.get("role") != "user":
+            continue
+        for text in _texts(message.get("content")):
+            match = _QUESTION_BLOCK.search(text)
+            if match and match.group(1).strip():
+                return match.group(1).strip()
+    return None
+
+
 @functools.cache
 def _rule_hallucinator() -> RuleHallucinator:
     return RuleHallucinator()
@@ -213,7 +228,9 @@ async def default_responder(provider: str, body: dict[str, Any]) -> dict[str, An
     """Corrupt the request's answer with :class:`povidgen.RuleHallucinator`.
 
     Returns ``{"rejected": ..., "edits": [{"kind", "original", "injected"}, ...]}``. The example
-    id is a hash of the answer, so the same answer always gets the same corruption.
+    id is a hash of the answer, so the same answer always gets the same corruption; the prompt is
+    the request's question (:func:`extract_question`), so the reply answers it like a careful
+    model would, or "Describe the image." when there is none.
     """
     answer = extract_answer(body)
     if answer is None or not answer.strip():
@@ -221,7 +238,8 @@ async def default_responder(provider: str, body: dict[str, Any]) -> dict[str, An
             "fake LLM server: the user message has no non-empty <answer>...</answer> block"
         )
     example_id = hashlib.sha256(answer.encode("utf-8")).hexdigest()[:16]
-    example = Example(id=example_id, image=_TINY_IMAGE, prompt="Describe the image.", answer=answer)
+    question = extract_question(body) or "Describe the image."
+    example = Example(id=example_id, image=_TINY_IMAGE, prompt=question, answer=answer)
     try:
         hallucination = await _rule_hallucinator().ahallucinate(example)
     except HallucinationError:
