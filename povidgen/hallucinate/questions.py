@@ -49,6 +49,8 @@ with "Yes" or mentions the subject otherwise.
 4. what was asked changed: the subject's quantity (count), its colours (colour questions), its
    places (position), the spatial and relation words of the clause holding both subjects
    (relation), the polarity (existence), the leading yes/no (yes/no questions).
+
+With a supplied (non-English) lexicon only check 1 applies: the grammar is English.
 """
 
 from __future__ import annotations
