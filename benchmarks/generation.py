@@ -8,7 +8,7 @@ by side in one run against the same server:
 * ``OpenAIHallucinator.hallucinate_many`` alone;
 * a sequential one-call-at-a-time client (what the POVID, BPO and HA-DPO scripts do).
 
-Run:  python benchmarks/generation.py [--rows 600] [--latency 0.3] [--rate 80]
+Run:  python benchmarks/generation.py [--rows 2000] [--latency 0.3] [--rate 100]
 
 The fake OpenAI server (tests/fakes/llm_server.py) answers after ``--latency`` seconds and accepts
 ``--rate`` requests per second (a sliding one-second window; more get a 429 with retry-after). It
@@ -95,8 +95,10 @@ async def bare_loop(server: ServerProcess, rows: list[Example], rate: float) -> 
     return len(rows) / elapsed
 
 
-def build_rate(server: ServerProcess, count: int, rate: float) -> tuple[float, str]:
-    """``povidgen build`` end to end, in a subprocess, on ``count`` rows with one image each."""
+def build_rate(server: ServerProcess, count: int, rate: float) -> tuple[float, float, str]:
+    """``povidgen build`` end to end, in a subprocess, on ``count`` rows with one image each:
+    rows/s over the whole process (Python start-up and imports included) and over the build
+    itself (``summary.json``'s seconds: from the first row read to the last shard written)."""
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
         examples(1)[0].image.save(root / "image.png")
@@ -119,8 +121,12 @@ def build_rate(server: ServerProcess, count: int, rate: float) -> tuple[float, s
             check=False,
         )
         elapsed = time.perf_counter() - start
+        try:
+            seconds = json.loads((root / "out" / "summary.json").read_text())["seconds"]
+        except (OSError, ValueError, KeyError):
+            seconds = float("nan")
     summary = " ".join(line.strip() for line in done.stdout.splitlines()[:3])
-    return count / elapsed, f"exit {done.returncode}; {summary}"
+    return count / elapsed, count / seconds, f"exit {done.returncode}; {summary}"
 
 
 def povidgen_rate(server: ServerProcess, rows: list[Example], rate: float) -> tuple[float, int]:
@@ -172,17 +178,17 @@ class ServerProcess:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rows", type=int, default=600)
+    parser.add_argument("--rows", type=int, default=2000)
     parser.add_argument("--sequential-rows", type=int, default=20)
     parser.add_argument("--latency", type=float, default=0.3)
-    parser.add_argument("--rate", type=float, default=80.0, help="server limit, requests/s")
+    parser.add_argument("--rate", type=float, default=100.0, help="server limit, requests/s")
     args = parser.parse_args()
     server = ServerProcess(args.latency, int(args.rate))
     try:
         base = asyncio.run(sequential(server, examples(args.sequential_rows)))
         ours, failures = povidgen_rate(server, examples(args.rows), args.rate)
         loop = asyncio.run(bare_loop(server, examples(args.rows), args.rate))
-        build, build_summary = build_rate(server, args.rows, args.rate)
+        whole, build, build_summary = build_rate(server, args.rows, args.rate)
     finally:
         throttled = server.close()
     print(f"fake server: {args.latency * 1000:.0f} ms latency, {args.rate:.0f} requests/s limit")
@@ -190,6 +196,7 @@ def main() -> None:
     print(f"hallucinate_many:        {ours:8.2f} rows/s ({args.rows} rows, {failures} failed)")
     print(f"bare asyncio loop (64):  {loop:8.2f} rows/s ({args.rows} rows)")
     print(f"povidgen build (CLI):    {build:8.2f} rows/s ({args.rows} rows; {build_summary})")
+    print(f"  the whole process:     {whole:8.2f} rows/s (start-up and imports included)")
     print(f"build / rate limit: {build / args.rate:.2f}  (target >= 0.90)")
     print(f"build / bare loop:  {build / loop:.2f}x  (target >= 0.95)")
     print(f"hallucinate_many / sequential: {ours / base:.1f}x")
