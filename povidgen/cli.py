@@ -158,6 +158,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument("--model", default=None, metavar="M", help="the provider's model")
     build.add_argument(
+        "--word-lists",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="FILE.json",
+        help="rule provider: word lists for answers in another language (repeatable; the "
+        "format is in docs/method.md)",
+    )
+    build.add_argument(
         "--base-url", default=None, metavar="URL", help="an OpenAI-compatible server"
     )
     build.add_argument(
@@ -485,6 +494,8 @@ def _merge(args: argparse.Namespace) -> int:
 
 def _provider_options(args: argparse.Namespace) -> dict[str, object]:
     """Constructor options for the chosen hallucinator from the provider flags."""
+    if args.provider != "rule" and args.word_lists:
+        raise PovidgenError("--word-lists: only for the 'rule' provider")
     if args.provider == "rule":
         given = [
             flag
@@ -501,7 +512,12 @@ def _provider_options(args: argparse.Namespace) -> dict[str, object]:
         ]
         if given:
             raise PovidgenError(f"{', '.join(given)}: only for model providers, not 'rule'")
-        return {}
+        if not args.word_lists:
+            return {}
+        for path in args.word_lists:
+            if not path.is_file():
+                raise PovidgenError(f"--word-lists {path}: no such file")
+        return {"word_lists": list(args.word_lists)}
     options: dict[str, object] = {}
     if args.model is not None:
         options["model"] = args.model

@@ -621,3 +621,24 @@ def test_the_default_fake_reply_answers_the_question(running: FakeLLMServer) -> 
     running.responder = default_responder
     result = _make("anthropic", running).hallucinate(example(QUESTION, ANSWER, seed=3))
     assert re.fullmatch(r"There are \w+ brown kites\.", result.rejected), result.rejected
+
+
+def test_word_lists_on_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from povidgen.cli import main
+
+    lists = tmp_path / "fr.json"
+    lists.write_text(json.dumps(FRENCH_LISTS), encoding="utf-8")
+    image = tmp_path / "pommes.png"
+    _IMAGE.save(image)
+    rows = tmp_path / "rows.jsonl"
+    row = {"id": "fr-1", "image": "pommes.png", "prompt": "Combien de pommes y a-t-il ?"}
+    row["answer"] = "Il y a trois pommes rouges sur la table."
+    rows.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    build = ["build", "--dataset", str(rows), "--id-column", "id", "--distorter", "none"]
+    assert main([*build, "--out", str(tmp_path / "refused")]) == 1  # French: refused
+    assert main([*build, "--word-lists", str(lists), "--out", str(tmp_path / "out")]) == 0
+    assert main([*build, "--word-lists", str(tmp_path / "nope.json"), "--out", "x"]) == 2
+    assert "--word-lists" in capsys.readouterr().err
+    command = [*build, "--provider", "openai", "--word-lists", str(lists), "--out", "y"]
+    assert main(command) == 2
+    assert "only for the 'rule' provider" in capsys.readouterr().err
