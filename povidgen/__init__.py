@@ -42,6 +42,7 @@ from povidgen.hallucinate.pricing import ModelPrice, Usage
 from povidgen.hallucinate.prompts import PromptConfig
 from povidgen.hallucinate.rule import RuleHallucinator
 from povidgen.hallucinate.transformers_local import TransformersHallucinator
+from povidgen.hub import publish
 from povidgen.pairs.builder import BuildReport, PairBuilder
 from povidgen.pairs.merge import MergeReport, merge_builds
 from povidgen.pairs.output import OutputFolderError
@@ -127,5 +128,6 @@ __all__ = [
     "load_examples_file",
     "load_pairs",
     "merge_builds",
+    "publish",
     "register_secret",
 ]

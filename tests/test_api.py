@@ -61,6 +61,7 @@ EXPECTED = [
     "load_examples_file",
     "load_pairs",
     "merge_builds",
+    "publish",
     "register_secret",
 ]
 
