@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 from povidgen import __version__
 from povidgen.distort.base import Distorter
 from povidgen.errors import PovidgenError
+from povidgen.hub import command as push_command
 from povidgen.pairs.builder import BuildReport, PairBuilder
 from povidgen.pairs.output import OutputFolder, unwritable_parent
 from povidgen.pairs.shards import ShardLimits
@@ -309,6 +310,7 @@ def _parser() -> argparse.ArgumentParser:
     distort.set_defaults(run=_distort)
 
     train_command.add_parser(commands)
+    push_command.add_parser(commands)
     return parser
 
 
