@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from povidgen import __version__
+from povidgen.convert import command as export_command
 from povidgen.distort.base import Distorter
 from povidgen.errors import PovidgenError
 from povidgen.hub import command as push_command
@@ -310,6 +311,7 @@ def _parser() -> argparse.ArgumentParser:
     distort.set_defaults(run=_distort)
 
     train_command.add_parser(commands)
+    export_command.add_parser(commands)
     push_command.add_parser(commands)
     return parser
 
