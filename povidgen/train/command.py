@@ -665,18 +665,21 @@ def _load_data(path: Path, split: str | None) -> datasets.Dataset:
     import datasets
     import datasets.exceptions
 
+    from povidgen.convert import read_pairs
     from povidgen.pairs.shards import MANIFEST, load_pairs
 
     if not path.exists():
         raise _fail(f"--data {path}: no such file or folder")
     try:
-        if path.is_file():
-            if path.suffix.lower() != ".parquet":
+        if path.is_file() or (path / "povidgen-export.json").is_file():
+            if path.is_file() and path.suffix.lower() not in (".parquet", ".json", ".jsonl"):
                 raise _fail(
-                    f"--data {path}: expected a save_to_disk folder, a folder of .parquet files "
-                    "or a .parquet file"
+                    f"--data {path}: expected a povidgen build or export folder, a save_to_disk "
+                    "folder, a folder of .parquet files, a .parquet file (TRL or VLFeedback "
+                    "layout) or a LLaVA/POVID .json file"
                 )
-            loaded: Any = datasets.load_dataset("parquet", data_files=str(path))
+            # TRL, LLaVA/POVID (images beside the file) or VLFeedback pairs (docs/formats.md)
+            loaded: Any = read_pairs(path)
         elif (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
             loaded = datasets.load_from_disk(str(path))
         elif (path / MANIFEST).is_file():  # a povidgen build: its finished shards, in order

@@ -535,3 +535,24 @@ def test_train_under_torchrun_on_two_processes(
     assert [r["step"] for r in metrics(out)] == [1, 2]
     assert (out / "final" / "adapter_config.json").is_file()
     assert (out / "checkpoints" / "step-2" / "rng-1.pt").is_file()
+
+
+def test_data_in_the_other_pair_layouts_is_read(tmp_path: Path) -> None:
+    """A build folder, and the same pairs exported as LLaVA/POVID JSON or VLFeedback parquet,
+    give the trainer the same rows."""
+    from povidgen.convert import export
+    from povidgen.train.command import _load_data
+
+    build = tmp_path / "build"
+    assert main(["build", "--demo", "--demo-size", "4", "--out", str(build)]) == 0
+    built = _load_data(build, None)
+    for fmt in ("llava", "vlfeedback"):
+        out = tmp_path / fmt
+        export(build, out, format=fmt)
+        sources = [out, *sorted(out.glob("data/*.parquet"))]  # the folder; VLFeedback's file
+        for source in sources:
+            loaded = _load_data(source, None)
+            assert loaded["id"] == built["id"]
+            assert loaded["chosen"] == built["chosen"]
+            assert loaded["rejected"] == built["rejected"]
+    assert len(sources) == 2
