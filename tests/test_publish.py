@@ -1,6 +1,6 @@
-"""povidgen.publish / ``povidgen push``: the dry run, the card, and pushes through a recorded
-Hub client (huggingface_hub 2.x talks httpx2 and uploads through Xet, so the tests record the
-calls at :class:`povidgen.hub.client.HubClient` instead of faking the Hub's HTTP API)."""
+"""povidgen.publish / ``povidgen push``: the dry run, the card, and pushes: through a recording
+:class:`povidgen.hub.client.HubClient`, and through ``huggingface_hub.HfApi`` to a fake Hub on
+127.0.0.1 (:mod:`tests.fakes.hub_server`, LFS "basic" transfer with Xet disabled)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import hashlib
 import json
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,8 @@ from povidgen.hub.card import (
     render_card,
     size_category,
 )
+from povidgen.hub.client import HfHubClient
+from tests.fakes.hub_server import FakeHubServer
 
 SECRET = "hf_publishTestSecret0123456789"
 
@@ -532,3 +534,94 @@ def test_push_prints_what_it_did(
     out = capsys.readouterr().out
     assert "dry run: wrote 3 files" in out
     assert "README.md" in out
+
+
+# ---------------------------------------------------------------------------------------------
+# Pushing through huggingface_hub itself, to a fake Hub on 127.0.0.1
+
+
+@pytest.fixture
+def fake_hub(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHubServer]:
+    import socket
+
+    import huggingface_hub.constants
+
+    real_getaddrinfo = socket.getaddrinfo
+
+    def local_only(host: Any, *args: Any, **kwargs: Any) -> Any:
+        assert host in ("127.0.0.1", b"127.0.0.1"), f"a connection to {host!r}"
+        return real_getaddrinfo(host, *args, **kwargs)
+
+    with FakeHubServer() as server:
+        # online, but only to 127.0.0.1 (huggingface_hub's own calls to its default endpoint
+        # go to the fake too); LFS "basic" transfer instead of Xet storage
+        monkeypatch.setattr(socket, "getaddrinfo", local_only)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(huggingface_hub.constants, "ENDPOINT", server.endpoint)
+        monkeypatch.setattr(
+            huggingface_hub.constants,
+            "HUGGINGFACE_CO_URL_TEMPLATE",
+            server.endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+        )
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+        yield server
+
+
+# huggingface_hub's LFS "basic" upload (used with Xet disabled) passes data= to httpx2
+_LFS_PUT_WARNING = "ignore:Use 'content=<...>' to upload raw bytes/text content.:DeprecationWarning"
+
+
+@pytest.mark.filterwarnings(_LFS_PUT_WARNING)
+def test_push_to_a_fake_hub(
+    demo: Path,
+    dry: Path,
+    fake_hub: FakeHubServer,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = HfHubClient(SECRET, endpoint=fake_hub.endpoint)
+    with caplog.at_level(logging.DEBUG):
+        result = publish(demo, "user/demo", api=client, token=SECRET)
+    repo = fake_hub.repos["user/demo"]
+    assert repo.private  # private by default
+    assert result.uploaded == ("data/train-00000.parquet", "preview.png", "README.md")
+    assert repo.branches["main"] == _files(dry)  # the files land, as the dry run wrote them
+    # every call to the Hub API carried the token (huggingface_hub's own unauthenticated
+    # look-up of known agent harnesses aside)
+    calls = [r for r in fake_hub.requests if r[1] != "/api/agent-harnesses"]
+    assert {auth for _, _, auth in calls} == {f"Bearer {SECRET}"}
+    assert all(SECRET.encode() not in data for data in repo.branches["main"].values())
+    assert SECRET not in caplog.text
+    uploads, commits = list(fake_hub.lfs_uploads), fake_hub.commits
+    assert len(uploads) == 2  # the shard and the preview (the card is a regular file)
+
+    # a second push of the same folder uploads nothing and makes no commit
+    again = publish(demo, "user/demo", api=client, token=SECRET)
+    assert again.uploaded == ()
+    assert fake_hub.lfs_uploads == uploads
+    assert fake_hub.commits == commits
+
+    # the user's text in the card survives a later push; only the card goes up again
+    card = repo.branches["main"]["README.md"].decode()
+    repo.branches["main"]["README.md"] = card.replace(START, "Mine.\n\n" + START).encode()
+    repo.branches["main"]["README.md"] = (
+        repo.branches["main"]["README.md"].decode().replace("### Examples", "### Stale")
+    ).encode()
+    fake_hub.sent.clear()
+    publish(demo, "user/demo", api=client, token=SECRET)
+    assert fake_hub.sent == ["README.md"]
+    text = repo.branches["main"]["README.md"].decode()
+    assert "Mine.\n\n" + START in text
+    assert "### Stale" not in text
+    assert fake_hub.lfs_uploads == uploads
+
+
+@pytest.mark.filterwarnings(_LFS_PUT_WARNING)
+def test_push_to_a_branch_of_a_public_repo_on_a_fake_hub(
+    demo: Path, fake_hub: FakeHubServer
+) -> None:
+    client = HfHubClient(SECRET, endpoint=fake_hub.endpoint)
+    publish(demo, "user/open", api=client, private=False, revision="v1")
+    repo = fake_hub.repos["user/open"]
+    assert not repo.private
+    assert repo.branches["main"] == {}
+    assert set(repo.branches["v1"]) == {"README.md", "preview.png", "data/train-00000.parquet"}
