@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import datasets
+import pyarrow.parquet as pq
 import pytest
 from huggingface_hub import DatasetCard
 
@@ -232,6 +233,54 @@ def test_a_dataset_source_is_written_as_parquet(demo: Path, tmp_path: Path) -> N
     assert table["Distorter"] == "`diffusion`"
     assert table["Pairs out"] == "8"
     assert table["Rows failed"] == "not recorded"
+
+
+def test_a_dataset_with_image_paths_gets_them_embedded(
+    demo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pairs = povidgen.load_pairs(demo).select(range(2))
+    paths = []
+    for number, row in enumerate(pairs):
+        path = tmp_path / f"image-{number}.png"
+        row["images"][0].save(path)
+        paths.append(path)
+    source = datasets.Dataset.from_dict(
+        {
+            "id": pairs["id"],
+            "images": [[str(path)] for path in paths],
+            "prompt": pairs["prompt"],
+            "chosen": pairs["chosen"],
+            "rejected": pairs["rejected"],
+        },
+        features=datasets.Features(
+            {
+                "id": datasets.Value("string"),
+                "images": datasets.List(datasets.Image()),
+                "prompt": pairs.features["prompt"],
+                "chosen": pairs.features["chosen"],
+                "rejected": pairs.features["rejected"],
+            }
+        ),
+    )
+    out = tmp_path / "out"
+    capsys.readouterr()
+    publish(source, "user/paths", dry_run=out)
+    # the library prints nothing: datasets' and huggingface_hub's bars are off
+    assert capsys.readouterr().err == ""
+    stored = pq.read_table(out / "data/train-00000.parquet").to_pylist()
+    assert [row["images"][0]["bytes"] for row in stored] == [p.read_bytes() for p in paths]
+    for path in paths:
+        path.unlink()  # the upload must not need them
+    loaded = datasets.load_dataset(str(out), split="train")
+    assert isinstance(loaded, datasets.Dataset)
+    for row, original in zip(loaded, pairs, strict=True):
+        assert row["images"][0].tobytes() == original["images"][0].tobytes()
+    # without povidgen's provenance there is no preview picture, and the card says what it can
+    assert sorted(_files(out)) == ["README.md", "data/train-00000.parquet"]
+    card = DatasetCard.load(out / "README.md")
+    assert "preview.png" not in card.text
+    assert _table(card.text)["Hallucinator"] == "not recorded"
+    assert _table(card.text)["Pairs out"] == "2"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -91,6 +91,7 @@ def publish(
     dry_run: str | os.PathLike[str] | None = None,
     license: str | None = None,
     api: HubClient | None = None,
+    progress: bool = False,
 ) -> PublishResult:
     """Push pairs and their dataset card to the Hub dataset repository ``repo_id``.
 
@@ -109,6 +110,8 @@ def publish(
         license: the license of the source data, for the card's metadata (default: Apache-2.0
             for the bundled demo scenes, ``other`` otherwise).
         api: the Hub client (default: :class:`~povidgen.hub.client.HfHubClient`).
+        progress: show the progress bars of ``datasets`` and ``huggingface_hub`` (uploads,
+            parquet writing); off by default, since the library does not print.
 
     Returns:
         a :class:`PublishResult`.
@@ -121,6 +124,30 @@ def publish(
     if revision is not None and not revision.strip():
         raise PublishError("the revision is empty")
     register_secret(token)
+    with _progress_bars(progress):
+        return _publish(
+            source,
+            repo_id,
+            private=private,
+            token=token,
+            revision=revision,
+            dry_run=dry_run,
+            license=license,
+            api=api,
+        )
+
+
+def _publish(
+    source: str | os.PathLike[str] | datasets.Dataset,
+    repo_id: str,
+    *,
+    private: bool,
+    token: str | None,
+    revision: str | None,
+    dry_run: str | os.PathLike[str] | None,
+    license: str | None,
+    api: HubClient | None,
+) -> PublishResult:
     target = None if dry_run is None else Path(dry_run)
     if target is not None:
         _check_dry_run_folder(target, source)
@@ -209,14 +236,23 @@ def _read_summary(folder: Path) -> dict[str, Any] | None:
 
 
 def _write_shards(dataset: datasets.Dataset, folder: Path) -> list[Path]:
-    """``dataset`` as parquet shards of about 512 MiB, images embedded."""
+    """``dataset`` as parquet shards of about 512 MiB, images embedded (an image stored as a
+    path is read into the shard, as ``push_to_hub`` does)."""
+    from datasets.table import embed_table_storage
+
     folder.mkdir(parents=True)
     count = max(1, math.ceil(dataset.data.nbytes / _SHARD_BYTES))
     count = min(count, len(dataset))
     files = []
     for index in range(count):
         path = folder / f"train-{index:05d}.parquet"
-        dataset.shard(count, index, contiguous=True).to_parquet(str(path))
+        shard = dataset.shard(count, index, contiguous=True)
+        embedded = shard.with_format("arrow").map(
+            embed_table_storage,
+            batched=True,
+            cache_file_name=str(folder.parent / f".embedded-{index:05d}.arrow"),
+        )
+        embedded.with_format(None).to_parquet(str(path))
         files.append(path)
     return files
 
@@ -327,15 +363,21 @@ def _source_license(source: str, license: str | None) -> str:
 
 
 def _save_preview(files: Sequence[Path], out: Path) -> bool:
-    """A contact sheet of the first pairs, at ``out``."""
-    from povidgen.preview import save_preview
+    """A contact sheet of the first pairs, at ``out``; ``False`` (none) for pairs without
+    povidgen's ``provenance`` column, which the preview needs."""
+    from povidgen.preview import REQUIRED_COLUMNS, save_preview
 
+    schema = pq.read_schema(files[0])
+    missing = [c for c in REQUIRED_COLUMNS if c not in schema.names]
+    if missing:
+        logger.info("no preview picture: the pairs have no %s column", ", ".join(missing))
+        return False
     rows = []
     for row in _rows(files, images=True):
         rows.append(row)
         if len(rows) == _PREVIEW_ROWS:
             break
-    features = datasets.Features.from_arrow_schema(pq.read_schema(files[0]))
+    features = datasets.Features.from_arrow_schema(schema)
     save_preview(datasets.Dataset.from_list(rows, features=features), out)
     return True
 
@@ -485,6 +527,36 @@ def _batches(files: Sequence[tuple[str, Path]]) -> list[list[tuple[str, Path]]]:
         batches[-1].append(item)
         size += length
     return batches
+
+
+@contextlib.contextmanager
+def _progress_bars(shown: bool) -> Iterator[None]:
+    """``datasets``' and ``huggingface_hub``'s progress bars off (unless ``shown``), then as
+    they were. Their environment variables keep priority, as those libraries want."""
+    import importlib
+    import warnings
+
+    # the modules, not the classes their packages export under the same name
+    datasets_tqdm = importlib.import_module("datasets.utils.tqdm")
+    hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")
+
+    if shown:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "cannot disable: the environment variable says no"
+        datasets_was_off = datasets_tqdm.are_progress_bars_disabled()
+        if not datasets_was_off:
+            datasets_tqdm.disable_progress_bars()
+        hub_quiet = hub_tqdm.disable_progress_bars()
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            hub_quiet.__exit__(None, None, None)
+            if not datasets_was_off:
+                datasets_tqdm.enable_progress_bars()
 
 
 def _hub(what: str, call: Callable[[], _T]) -> _T:

@@ -13,6 +13,7 @@ touches no network.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         revision=args.revision,
         dry_run=args.dry_run,
         license=args.license,
+        progress=sys.stderr.isatty(),
     )
     if result.folder is not None:
         print(f"dry run: wrote {len(result.uploaded)} files to {result.folder}")
