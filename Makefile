@@ -6,7 +6,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint typecheck clean
+.PHONY: demo test lint typecheck docs clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/.torch
 	$(BIN)/pip install -e ".[dev]"
 	touch $@
 
+$(VENV)/.installed-docs: pyproject.toml $(VENV)/.torch
+	$(BIN)/pip install -e ".[docs]"
+	touch $@
+
 demo: $(VENV)/.installed
 	$(BIN)/povidgen build --demo --out demo_pairs --seed 0 --overwrite
 	$(BIN)/povidgen preview demo_pairs --out demo_pairs/preview.png
@@ -34,8 +38,14 @@ lint: $(VENV)/.installed-dev
 typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
-test: lint typecheck
+# The documentation site (mkdocs.yml, pages in docs/) into site/; any warning fails the build.
+# NO_MKDOCS_2_WARNING silences Material's notice about MkDocs 2.0, which is not a build warning.
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d site
+
+# The docs extra too, so that tests/test_docs_site.py builds the site instead of skipping.
+test: lint typecheck $(VENV)/.installed-docs
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) demo_pairs .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) demo_pairs site .mypy_cache .ruff_cache .pytest_cache

@@ -307,8 +307,9 @@ def export(
         overwrite: replace an earlier export at ``out``.
 
     Raises:
-        OutputFolderError: ``out`` cannot be used; DatasetFormatError: the source cannot be
-        read, or a pair has no form in ``format`` (the message names it).
+        OutputFolderError: ``out`` cannot be used.
+        DatasetFormatError: the source cannot be read, or a pair has no form in ``format``
+            (the message names it).
     """
     from povidgen import __version__
 

@@ -174,7 +174,8 @@ class LLMHallucinator(Hallucinator):
         max_attempts: replies tried per example before a failed verification becomes a row error.
         max_retries: transient-fault retries per request.
         timeout: seconds per request.
-        requests_per_minute / tokens_per_minute: client-side rate limits (``None``: none).
+        requests_per_minute: client-side rate limit on requests (``None``: none).
+        tokens_per_minute: client-side rate limit on tokens (``None``: none).
         max_cost_usd: stop submitting before the run's cost would pass this.
         prices: model -> :class:`~povidgen.hallucinate.pricing.ModelPrice`, over the table.
         max_output_tokens: the reply's token limit.

@@ -241,8 +241,9 @@ class PairBuilder:
                 ``rejected_images`` column out (about half a row's bytes): the distorters are
                 deterministic per seed, so a trainer given the same distorter remakes each
                 from the row's ``provenance.example_seed``.
-            num_shards, shard_index: build only the rows whose id hashes to ``shard_index``
-                of ``num_shards`` (one machine's share; ``povidgen merge`` joins the shares).
+            num_shards: split the rows into this many shares by a hash of their ids (one
+                machine's share each; ``povidgen merge`` joins the shares).
+            shard_index: the share to build, ``0 <= shard_index < num_shards``.
             workers: threads that decode, distort and encode images beside the calls
                 (default: the CPU count, at most 8).
             shard_limits: where output shards and row groups end.
