@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import logging
 import shutil
@@ -32,6 +33,7 @@ from povidgen.hub.card import (
 )
 from povidgen.hub.client import HfHubClient
 from tests.fakes.hub_server import FakeHubServer
+from tests.fakes.llm_server import FakeLLMServer, FaultKind
 
 SECRET = "hf_publishTestSecret0123456789"
 
@@ -281,6 +283,50 @@ def test_a_dataset_with_image_paths_gets_them_embedded(
     assert "preview.png" not in card.text
     assert _table(card.text)["Hallucinator"] == "not recorded"
     assert _table(card.text)["Pairs out"] == "2"
+
+
+@pytest.fixture(scope="module")
+def llm_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo build through the OpenAI provider against the fake API, where every row about
+    kites is refused (so it has a model, a prompt, a cost and failures)."""
+    folder = tmp_path_factory.mktemp("llm")
+
+    def refuse_kites(provider: str, index: int, body: dict[str, Any]) -> FaultKind | None:
+        return "refusal" if "kite" in json.dumps(body) else None
+
+    with pytest.MonkeyPatch.context() as patch, FakeLLMServer(faults=refuse_kites) as server:
+        patch.setenv("OPENAI_API_KEY", "sk-publish-test-0123456789")
+        argv = ["build", "--demo", "--demo-size", "8", "--provider", "openai"]
+        argv += ["--base-url", server.openai_base_url, "--model", "gpt-4o-mini"]
+        argv += ["--cache-dir", str(folder / "cache"), "--out", str(folder / "out")]
+        assert main(argv) == 0
+    return folder / "out"
+
+
+def test_card_of_an_llm_build_states_model_prompt_failures_and_cost(
+    llm_build: Path, tmp_path: Path
+) -> None:
+    summary = json.loads((llm_build / "summary.json").read_text(encoding="utf-8"))
+    assert summary["failed"] > 0  # the fixture did what it meant to
+    assert summary["pairs"] > 0
+    publish(llm_build, "user/llm", dry_run=tmp_path / "x")
+    text = DatasetCard.load(tmp_path / "x" / "README.md").text
+    table = _table(text)
+    params = summary["configuration"]["hallucinator"]["params"]
+    assert table["Hallucinator"] == "`openai`"
+    assert table["Model"] == f"`{params['model']}`"
+    assert table["Prompt version"] == f"`{params['prompt_version']}`"
+    assert table["Prompt fingerprint"] == f"`{params['prompt_fingerprint']}`"
+    assert table["Rows in"] == str(summary["rows"])
+    assert table["Pairs out"] == str(summary["pairs"])
+    assert table["Rows failed"] == str(summary["failed"])
+    assert table["Cost"] == f"${summary['cost_usd_all_runs']:.4f}"
+    assert table["Text-contrast pairs"] == str(summary["pairs"])
+    for stage, reasons in summary["failures"].items():
+        for reason, count in reasons.items():
+            cell = html.escape(reason).replace("|", "\\|")
+            assert f"| {stage} | {cell} | {count} |" in text
+    assert "sk-publish-test" not in text
 
 
 # ---------------------------------------------------------------------------------------------
