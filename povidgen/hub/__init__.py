@@ -149,8 +149,11 @@ def _publish(
     api: HubClient | None,
 ) -> PublishResult:
     target = None if dry_run is None else Path(dry_run)
+    client = None
     if target is not None:
         _check_dry_run_folder(target, source)
+    else:  # a missing token is reported before any work
+        client = api if api is not None else _default_client(token)
     with tempfile.TemporaryDirectory(prefix="povidgen-publish-") as temporary:
         staging = Path(temporary)
         data_files, facts_source = _stage(source, staging)
@@ -163,7 +166,7 @@ def _publish(
             card = staging / README
             card.write_text(render_card(facts, existing), encoding="utf-8")
             return _write_dry_run(target, [*files, (README, card)], repo_id, revision)
-        client = api if api is not None else _default_client(token)
+        assert client is not None
         return _push(
             client, repo_id, files, facts, private=private, revision=revision, staging=staging
         )
