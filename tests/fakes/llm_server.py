@@ -911,7 +911,7 @@ class FakeLLMServer:
         if fault in ("429", "quota", "401", "500", "529"):
             return self._fault_response(provider, fault)
         if fault == "echo_key":
-            key = request.headers.get("x-api-key") or request.headers.get("authorization", "")
+            key = request.headers.get("x-api-key") or request.headers.get("authorization") or ""
             key = key.removeprefix("Bearer ")
             message = f"Invalid request for API key {key}: the model is not available (fake)."
             return self._error(provider, 400, "invalid_request", message)
