@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+import datasets
+
 from povidgen import __version__
 from povidgen.convert import command as export_command
 from povidgen.distort.base import Distorter
@@ -127,8 +129,10 @@ def _parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--dataset",
         type=Path,
-        metavar="PATH",
-        help="a save_to_disk folder, a .parquet/.jsonl file, or a LLaVA-style .json file",
+        metavar="PATH|HUB_ID",
+        help="a save_to_disk folder, a .parquet/.jsonl file, a LLaVA-style .json file, a "
+        "folder of data files or a Hub dataset id (owner/name), the last two read by "
+        "datasets.load_dataset",
     )
     build.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
     build.add_argument("--image-column", default="image", metavar="C")
@@ -144,7 +148,22 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="where relative image paths point (default: the dataset file's folder)",
     )
-    build.add_argument("--split", default=None, help="the split of a saved DatasetDict")
+    build.add_argument(
+        "--split",
+        default=None,
+        help="the split to read (default: 'train' if there is one, else the only split)",
+    )
+    build.add_argument(
+        "--config", default=None, metavar="NAME", help="the configuration of a Hub dataset"
+    )
+    build.add_argument(
+        "--revision", default=None, metavar="R", help="a Hub dataset's branch, tag or commit"
+    )
+    build.add_argument(
+        "--streaming",
+        action="store_true",
+        help="stream the dataset instead of downloading it first (no progress total)",
+    )
     build.add_argument("--seed", type=_SEED, default=0, metavar="N")
     build.add_argument(
         "--limit", type=_bounded(int, 0), default=None, metavar="N", help="first N rows only"
@@ -332,7 +351,9 @@ def _build(args: argparse.Namespace) -> int:
         # resolves relative ones
         confine=args.image_folder is not None and not args.allow_outside_image_folder,
     )
-    inputs = [p for p in (args.dataset, args.image_folder) if p is not None]
+    if args.demo and (args.config or args.revision or args.streaming or args.split):
+        raise PovidgenError("--config, --revision, --split and --streaming need --dataset")
+    inputs = [p for p in (args.dataset, args.image_folder) if p is not None and p.exists()]
     # before any work; checked again under the lock and when a shard is written
     OutputFolder(args.out, overwrite=args.overwrite, inputs=inputs).check()
     if args.demo:
@@ -343,19 +364,29 @@ def _build(args: argparse.Namespace) -> int:
         image_column, prompt_column, answer_column, id_column = "image", "question", "answer", "id"
         image_folder = None
     else:
-        from povidgen.sources.files import load_examples_file
+        from povidgen.sources.hub import open_input
 
-        dataset = load_examples_file(args.dataset, split=args.split)
-        source = str(args.dataset.resolve()) + ("" if args.split is None else f" [{args.split}]")
+        with _datasets_progress(sys.stderr.isatty()):
+            opened = open_input(
+                args.dataset,
+                config=args.config,
+                split=args.split,
+                streaming=args.streaming,
+                revision=args.revision,
+            )
+        dataset, source = opened.dataset, opened.source
         image_column, prompt_column = args.image_column, args.prompt_column
         answer_column, id_column = args.answer_column, args.id_column
-        if id_column is None and "conversations" in dataset.column_names:
+        if id_column is None and "conversations" in (dataset.column_names or ()):
             id_column = "id"
         image_folder = args.image_folder
         if image_folder is None:
-            image_folder = args.dataset if args.dataset.is_dir() else args.dataset.parent
+            image_folder = opened.image_folder
     if args.limit is not None:
-        dataset = dataset.select(range(min(args.limit, len(dataset))))
+        if isinstance(dataset, datasets.IterableDataset):
+            dataset = dataset.take(args.limit)
+        else:
+            dataset = dataset.select(range(min(args.limit, len(dataset))))
         source += f" (first {args.limit} rows)"
 
     distorter: Distorter | None = None
@@ -377,6 +408,10 @@ def _build(args: argparse.Namespace) -> int:
         raise PovidgenError(
             f"--shard-index {args.shard_index} must be less than --num-shards {args.num_shards}"
         )
+    batch_size = 64
+    if args.batch:  # a batch API takes the whole run in one submission (OpenAI allows 50,000)
+        rows = len(dataset) if isinstance(dataset, datasets.Dataset) else 50_000
+        batch_size = min(max(rows, 1), 50_000)
     builder = PairBuilder.from_dataset(
         dataset,
         hallucinator=hallucinator,
@@ -388,8 +423,7 @@ def _build(args: argparse.Namespace) -> int:
         seed=args.seed,
         image_folder=image_folder,
         concurrency=args.concurrency,
-        # a batch API takes the whole run in one submission (OpenAI allows 50,000 requests)
-        batch_size=min(max(len(dataset), 1), 50_000) if args.batch else 64,
+        batch_size=batch_size,
         image_limits=limits,
         store_rejected_images=not args.no_rejected_images,
         num_shards=args.num_shards,
@@ -432,6 +466,20 @@ def _build(args: argparse.Namespace) -> int:
         )
         return 3
     return 0 if report.pairs else 1
+
+
+@contextlib.contextmanager
+def _datasets_progress(show: bool) -> Iterator[None]:
+    """Within the block, ``datasets``' own progress bars (downloading, preparing a split)
+    show only if ``show`` (on a terminal; in a log they are noise)."""
+    if show or datasets.are_progress_bars_disabled():
+        yield
+        return
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        datasets.enable_progress_bars()
 
 
 class _Terminated(KeyboardInterrupt):

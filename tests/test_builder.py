@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from povidgen import (
+    DatasetFormatError,
     DiffusionNoise,
     Distorter,
     Edit,
@@ -306,7 +307,11 @@ def test_bad_arguments(rgb_image: Image.Image) -> None:
     with pytest.raises(TypeError, match=r"povidgen\.Distorter"):
         PairBuilder.from_dataset(rows, distorter=lambda im, seed: im)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="list of dicts"):
-        PairBuilder.from_dataset("rows.json")  # type: ignore[arg-type]
+        PairBuilder.from_dataset(42)  # type: ignore[arg-type]
+    with pytest.raises(DatasetFormatError, match=r"no dataset at rows\.json"):
+        PairBuilder.from_dataset("rows.json")  # a string is a path or a Hub id
+    with pytest.raises(TypeError, match="only when dataset is a Hub id"):
+        PairBuilder.from_dataset(rows, split="train")
     with pytest.raises(ValueError, match="at least 1"):
         PairBuilder.from_dataset(rows, concurrency=0)
 

@@ -197,7 +197,7 @@ class PairBuilder:
     @classmethod
     def from_dataset(
         cls,
-        dataset: DatasetLike,
+        dataset: DatasetLike | str | os.PathLike[str],
         *,
         hallucinator: Hallucinator | None = None,
         distorter: Distorter | None = None,
@@ -217,11 +217,19 @@ class PairBuilder:
         shard_limits: ShardLimits | None = None,
         source: str | None = None,
         ray_address: str | None = None,
+        config: str | None = None,
+        split: str | None = None,
+        streaming: bool = False,
+        revision: str | None = None,
     ) -> PairBuilder:
         """A builder over ``dataset``.
 
         Args:
-            dataset: a ``datasets.Dataset`` or ``IterableDataset``, or a list of dicts.
+            dataset: a ``datasets.Dataset`` or ``IterableDataset``, or a list of dicts; or a
+                string: a Hub dataset id (``"owner/name"``), a local folder of data files (both
+                read by ``datasets.load_dataset``), a ``save_to_disk`` folder, or a
+                ``.parquet``/``.jsonl``/LLaVA ``.json`` file (see
+                :func:`povidgen.sources.hub.open_input`).
             hallucinator: corrupts answers; :class:`povidgen.RuleHallucinator` when ``None``.
             distorter: corrupts images into the ``rejected_images`` column; none when ``None``.
             image_column: PIL images, ``datasets`` images, paths, bytes or one-image lists.
@@ -252,11 +260,34 @@ class PairBuilder:
             ray_address: run the rows on a Ray cluster through Ray Data (``"auto"``, ``"local"``
                 or a cluster address; needs the ``ray`` extra). The output is the same as a
                 local run's: rows are written in input order by this process.
+            config: the dataset configuration (``load_dataset(name=...)``) of a Hub id or folder.
+            split: the split to read when ``dataset`` is a string; ``"train"`` if there is
+                one, else the only split.
+            streaming: read a string ``dataset`` as an ``IterableDataset`` (nothing is
+                downloaded ahead; the progress bar has no total).
+            revision: the Hub revision (branch, tag or commit) of a Hub id.
 
         Raises:
             MissingColumnError: a named column is not in the dataset (the message lists those
                 that are).
+            DatasetFormatError: a string ``dataset`` cannot be opened (an unknown id, no
+                network with ``HF_HUB_OFFLINE`` set, a missing split); the message says what
+                was tried.
         """
+        if isinstance(dataset, str | os.PathLike):
+            from povidgen.sources.hub import open_input
+
+            opened = open_input(
+                dataset, config=config, split=split, streaming=streaming, revision=revision
+            )
+            dataset = opened.dataset
+            source = opened.source if source is None else source
+            image_folder = opened.image_folder if image_folder is None else image_folder
+        elif config is not None or split is not None or streaming or revision is not None:
+            raise TypeError(
+                "config=, split=, streaming= and revision= apply only when dataset is a Hub id "
+                "or a path"
+            )
         if hallucinator is None:
             from povidgen.hallucinate.rule import RuleHallucinator
 

@@ -29,7 +29,7 @@ from PIL import Image as PILImage
 
 from povidgen.schema import PreferencePair
 
-__all__ = ["message_text", "pair_features", "pair_to_row", "png_bytes"]
+__all__ = ["PNG_COMPRESS_LEVEL", "message_text", "pair_features", "pair_to_row", "png_bytes"]
 
 _CONTENT = List({"type": Value("string"), "text": Value("string")})
 _MESSAGES = List({"role": Value("string"), "content": _CONTENT})
@@ -128,8 +128,15 @@ def _assistant(text: str) -> list[dict[str, Any]]:
     return [{"role": "assistant", "content": [{"type": "text", "text": text}]}]
 
 
+PNG_COMPRESS_LEVEL = 1
+"""zlib level of the PNGs povidgen writes. Noise barely compresses: level 1 encodes a 336x336
+distorted image in less than half the time of the default level 6 for about 10% more bytes,
+and encoding is most of a build's CPU time (``benchmarks/build_throughput.py``)."""
+
+
 def png_bytes(image: PILImage.Image) -> bytes:
-    """``image`` encoded as PNG (lossless, so a distortion's exact pixels are kept)."""
+    """``image`` encoded as PNG (lossless, so a distortion's exact pixels are kept), at
+    :data:`PNG_COMPRESS_LEVEL`."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return buffer.getvalue()
