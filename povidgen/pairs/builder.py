@@ -47,7 +47,7 @@ from povidgen.errors import (
 from povidgen.hallucinate.base import HallucinationResult, Hallucinator
 from povidgen.pairs.output import OutputFolder
 from povidgen.pairs.shards import ERRORS, SUMMARY, ShardLimits, ShardWriter, load_pairs, row_size
-from povidgen.pairs.trl_format import pair_features, pair_to_row, png_bytes
+from povidgen.pairs.trl_format import PNG_COMPRESS_LEVEL, pair_features, pair_to_row, png_bytes
 from povidgen.schema import Example, Hallucination, PreferencePair, Provenance, RowError, Stage
 from povidgen.seeding import derive_seed
 from povidgen.sources.images import DEFAULT_LIMITS, ImageLimits, SourceImage, open_image
@@ -349,6 +349,7 @@ class PairBuilder:
                 else {"name": self.distorter.name, "params": self.distorter.params()}
             ),
             "rejected_images": self.store_rejected_images and self.distorter is not None,
+            "png_compress_level": PNG_COMPRESS_LEVEL,
             "num_shards": self.num_shards,
             "shard_index": self.shard_index,
             "shards": self.shard_limits.as_dict(),
