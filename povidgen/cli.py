@@ -50,20 +50,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as error:
         print(f"povidgen: error: {error}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        code: int = args.run(args)
-    except PovidgenError as error:
-        print(f"povidgen: error: {scrub(str(error))}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        # what was written stays (a build's old output is untouched until the swap)
-        print(f"\npovidgen: {args.command} interrupted", file=sys.stderr)
-        return 130
+    with _logging(verbose=args.verbose):
+        try:
+            code: int = args.run(args)
+        except PovidgenError as error:
+            print(f"povidgen: error: {scrub(str(error))}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            # what was written stays (a build's old output is untouched until the swap)
+            print(f"\npovidgen: {args.command} interrupted", file=sys.stderr)
+            return 130
     return code
+
+
+@contextlib.contextmanager
+def _logging(*, verbose: bool) -> Iterator[None]:
+    """The ``povidgen`` logger to stderr while a command runs: warnings, or with ``-v`` every
+    message down to DEBUG. Only the ``povidgen`` logger is raised, never the root logger: the
+    SDKs' and httpx's debug logs carry request bodies (images, prompts) and headers."""
+    log = logging.getLogger("povidgen")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.DEBUG if verbose else logging.WARNING)
+    level = log.level
+    if verbose:
+        log.setLevel(logging.DEBUG)
+    log.addHandler(handler)
+    try:
+        yield
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
 
 
 class _UsageError(Exception):
@@ -189,6 +206,28 @@ def _parser() -> argparse.ArgumentParser:
     )
     build.add_argument(
         "--base-url", default=None, metavar="URL", help="an OpenAI-compatible server"
+    )
+    build.add_argument(
+        "--api-key-env",
+        default=None,
+        metavar="NAME",
+        help="read the API key from this environment variable (default: OPENAI_API_KEY or "
+        "ANTHROPIC_API_KEY; a --base-url on localhost needs none)",
+    )
+    build.add_argument(
+        "--price-in",
+        type=_bounded(float, 0),
+        default=None,
+        metavar="USD",
+        help="the model's input price in USD per million tokens, over the known prices (with "
+        "--price-out)",
+    )
+    build.add_argument(
+        "--price-out",
+        type=_bounded(float, 0),
+        default=None,
+        metavar="USD",
+        help="the model's output price in USD per million tokens (with --price-in)",
     )
     build.add_argument(
         "--max-cost", type=_POSITIVE, default=None, metavar="USD", help="stop before spending more"
@@ -524,6 +563,13 @@ def _print_report(report: BuildReport, builder: PairBuilder, out: Path) -> None:
     print(f"time taken:   {report.seconds:.1f}s ({rate:.1f} rows/s)")
     if report.cost_usd is not None:
         print(f"cost:         ${report.cost_usd:.4f}")
+    elif getattr(builder.hallucinator, "priced", True) is False:
+        usage = getattr(builder.hallucinator, "usage", None)
+        tokens = getattr(usage, "input_tokens", 0), getattr(usage, "output_tokens", 0)
+        print(
+            f"cost:         unknown ({tokens[0]} input + {tokens[1]} output tokens; no price is "
+            "known for the model: --price-in and --price-out give one)"
+        )
     if report.kept_earlier:
         print(
             f"no new dataset: {out} keeps its earlier dataset (--allow-empty replaces it with "
@@ -555,6 +601,9 @@ def _provider_options(args: argparse.Namespace) -> dict[str, object]:
                 ("--model", args.model),
                 ("--base-url", args.base_url),
                 ("--max-cost", args.max_cost),
+                ("--api-key-env", args.api_key_env),
+                ("--price-in", args.price_in is not None),
+                ("--price-out", args.price_out is not None),
                 ("--rpm", args.rpm),
                 ("--tpm", args.tpm),
                 ("--cache-dir", args.cache_dir),
@@ -586,6 +635,17 @@ def _provider_options(args: argparse.Namespace) -> dict[str, object]:
             options[key] = value
     if args.no_cache:
         options["cache"] = False
+    if args.api_key_env is not None:
+        options["api_key_env"] = args.api_key_env
+    if (args.price_in is None) != (args.price_out is None):
+        raise PovidgenError("--price-in and --price-out go together (USD per million tokens)")
+    if args.price_in is not None:
+        from povidgen.hallucinate.pricing import ModelPrice
+
+        if args.model is None:
+            raise PovidgenError("--price-in and --price-out need --model (the model they price)")
+        price = ModelPrice(input_per_mtok=args.price_in, output_per_mtok=args.price_out)
+        options["prices"] = {args.model: price}
     if args.batch:
         options["mode"] = "batch"
     return options

@@ -11,6 +11,7 @@ from pydantic import SecretStr, ValidationError
 
 from povidgen.errors import ProviderError
 from povidgen.hallucinate.batch import BatchBackend, BatchItem, BatchProgress
+from povidgen.hallucinate.keys import resolve_api_key
 from povidgen.hallucinate.llm import LLMHallucinator, Reply
 from povidgen.hallucinate.pricing import ANTHROPIC_IMAGE_TOKENS, Usage, anthropic_image_tokens
 from povidgen.hallucinate.prompts import RewriteReply
@@ -44,7 +45,9 @@ class AnthropicHallucinator(LLMHallucinator):
             price in ``prices=`` if the table does not know it).
         client: an ``anthropic.AsyncAnthropic`` to use (its retries are switched off).
         base_url: default ``$ANTHROPIC_BASE_URL`` or Anthropic's.
-        api_key: default ``$ANTHROPIC_API_KEY``; kept as a ``SecretStr`` and never logged.
+        api_key: default: the variable ``api_key_env`` names, else ``$ANTHROPIC_API_KEY``;
+            none is needed for a server on localhost. Kept as a ``SecretStr``, never logged.
+        api_key_env: the environment variable to read the key from.
         **options: the shared settings of :class:`~povidgen.hallucinate.llm.LLMHallucinator`.
     """
 
@@ -59,6 +62,7 @@ class AnthropicHallucinator(LLMHallucinator):
         client: Any | None = None,
         base_url: str | None = None,
         api_key: SecretStr | str | None = None,
+        api_key_env: str | None = None,
         **options: Any,
     ) -> None:
         options.setdefault("image_max_side", 1568)  # Anthropic's recommended longest side
@@ -68,14 +72,14 @@ class AnthropicHallucinator(LLMHallucinator):
             self._user_client = client.with_options(max_retries=0, timeout=self.timeout)
             register_secret(getattr(client, "api_key", None))
         else:
-            key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY")
-            if key is None:
-                raise ValueError(
-                    "no Anthropic API key: set ANTHROPIC_API_KEY, or pass api_key= or client="
-                )
-            self._api_key = key if isinstance(key, SecretStr) else SecretStr(key)
-            register_secret(self._api_key)  # scrubbed from errors, logs and the terminal
             self._base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
+            self._api_key = resolve_api_key(
+                provider="Anthropic",
+                api_key=api_key,
+                api_key_env=api_key_env,
+                default_env="ANTHROPIC_API_KEY",
+                base_url=self._base_url,
+            )
         self._anthropic = anthropic
 
     def image_tokens_for(self, width: int, height: int) -> int:
@@ -192,10 +196,12 @@ def _count(counts: Any, name: str) -> int:
 def _reply(message: Any) -> Reply:
     """The text and usage of a Message (refusals and truncations made explicit)."""
     cached = getattr(message.usage, "cache_read_input_tokens", 0) or 0
-    usage = Usage(  # povidgen's input_tokens include the cached ones
-        input_tokens=(message.usage.input_tokens or 0) + cached,
+    written = getattr(message.usage, "cache_creation_input_tokens", 0) or 0
+    usage = Usage(  # povidgen's input_tokens include the cached and the cache-written ones
+        input_tokens=(message.usage.input_tokens or 0) + cached + written,
         output_tokens=message.usage.output_tokens or 0,
         cached_input_tokens=cached,
+        cache_write_input_tokens=written,
     )
     text = "".join(block.text for block in message.content if block.type == "text")
     if message.stop_reason == "refusal":

@@ -10,8 +10,12 @@
         verify the reply -> Hallucination, or retry with the reason
 
 Transient faults (429 rate limits, 5xx, 529 overloaded, timeouts, dropped connections) are
-retried with exponential backoff that waits at least what ``retry-after`` says; this is the only
-retry layer (the SDK clients are built with ``max_retries=0``). Fatal faults (401/403, a 429 for
+retried with full-jitter exponential backoff (a random wait up to 1, 2, 4 ... 60 s) on top of
+what ``retry-after`` says, so a retry is never sent before the server asked and retries from
+many tasks spread out instead of arriving together. After a 429 the whole client pauses: no
+task sends until the ``retry-after`` has passed (each then waits its own random share more).
+Every retry is logged at INFO with its reason. This is the only retry layer (the SDK clients
+are built with ``max_retries=0``). Fatal faults (401/403, a 429 for
 an exhausted quota, 402 billing) raise :class:`~povidgen.ProviderFatalError`; once a fatal error
 or the budget cap stops the hallucinator, every later call raises at once, so a run keeps what
 it has and records the rest as not attempted. Other client errors (400, 404, 413, 422) fail the
@@ -28,6 +32,7 @@ import io
 import json
 import logging
 import os
+import random
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -55,7 +60,14 @@ from povidgen.hallucinate.batch import (
     run_batches,
 )
 from povidgen.hallucinate.cache import ReplyCache
-from povidgen.hallucinate.pricing import CostTracker, ModelPrice, Usage, cost_usd, estimate_tokens
+from povidgen.hallucinate.pricing import (
+    CostTracker,
+    ModelPrice,
+    Usage,
+    cost_usd,
+    estimate_tokens,
+    has_price,
+)
 from povidgen.hallucinate.prompts import (
     PROMPT_VERSION,
     PromptConfig,
@@ -67,6 +79,7 @@ from povidgen.hallucinate.verify import (
     verify_answer_to_question,
     verify_reply,
 )
+from povidgen.redact import scrub
 from povidgen.schema import Example, Hallucination
 
 __all__ = ["LLMHallucinator", "Reply"]
@@ -145,19 +158,27 @@ def is_fatal(error: BaseException) -> bool:
     return False
 
 
+_rng = random.Random()
+"""The jitter's random numbers (tests replace it with a seeded one)."""
+
+
 class _Backoff:
-    """tenacity wait: exponential (1, 2, 4 ... max 60 s), never less than retry-after."""
+    """tenacity wait: full jitter over an exponential window (1, 2, 4 ... max 60 s) on top of
+    the ``retry-after`` floor: ``retry_after + uniform(0, window)``."""
 
     def __init__(self, initial: float, maximum: float) -> None:
         self.initial = initial
         self.maximum = maximum
 
+    def window(self, attempt: int) -> float:
+        """The exponential window of the ``attempt``-th retry's jitter."""
+        return float(min(self.maximum, self.initial * 2 ** (attempt - 1)))
+
     def __call__(self, retry_state: RetryCallState) -> float:
-        exponential: float = min(self.maximum, self.initial * 2 ** (retry_state.attempt_number - 1))
         outcome = retry_state.outcome
         error = outcome.exception() if outcome is not None else None
-        asked = retry_after(error) if error is not None else None
-        return max(exponential, asked) if asked is not None else exponential
+        floor = (retry_after(error) if error is not None else None) or 0.0
+        return floor + _rng.uniform(0.0, self.window(retry_state.attempt_number))
 
 
 class LLMHallucinator(Hallucinator):
@@ -275,7 +296,25 @@ class LLMHallucinator(Hallucinator):
         self.use_cache = cache
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self._cache: ReplyCache | None = None
-        cost_usd(model, Usage(input_tokens=1, output_tokens=1), prices=prices)  # fail early
+        self._paused_until = 0.0  # after a 429 no task sends before this (time.monotonic)
+        self._pause_window = 0.0  # each paused task waits a random share of this more
+        self.priced = has_price(model, prices, provider=self.provider)
+        """Whether a price is known for :attr:`model`; if not, tokens are counted and the
+        cost is unknown (``cost.priced`` is ``False``)."""
+        if not self.priced:
+            if max_cost_usd is not None:
+                raise ValueError(
+                    f"max_cost_usd (--max-cost) needs a price; none is known for model {model!r}: "
+                    f"give one with prices={{{model!r}: ModelPrice(input_per_mtok=..., "
+                    "output_per_mtok=...)}} (on the command line --price-in and --price-out, "
+                    "USD per million tokens)"
+                )
+            self.cost.priced = False
+            logger.warning(
+                "no price is known for model %r: its tokens are counted and its cost is "
+                "unknown (give one with prices=, or --price-in and --price-out)",
+                model,
+            )
 
     # -- provenance ---------------------------------------------------------------------------
 
@@ -351,14 +390,12 @@ class LLMHallucinator(Hallucinator):
                 for example in examples
             ]
         estimate = sum(
-            cost_usd(
-                self.model,
+            self._cost_of(
                 Usage(
                     input_tokens=self._batch_input_tokens(item.request),
                     output_tokens=self.max_output_tokens,
                 ),
                 batch=True,
-                prices=self.prices,
             )
             for item in items
         )
@@ -477,7 +514,7 @@ class LLMHallucinator(Hallucinator):
     ) -> HallucinationResult:
         """Verify one batch reply; ``batch=None`` is a cached reply (nothing to pay)."""
         if batch is not None:
-            self.cost.add(cost_usd(self.model, usage, batch=batch, prices=self.prices))
+            self.cost.add(self._cost_of(usage, batch=batch))
             self.usage = self.usage + usage
         try:
             return self._verify(example, text)
@@ -566,7 +603,7 @@ class LLMHallucinator(Hallucinator):
             input_tokens=self._input_tokens(system, user, image),
             output_tokens=self.max_output_tokens,
         )
-        reserved = cost_usd(self.model, estimate, batch=False, prices=self.prices)
+        reserved = self._cost_of(estimate, batch=False)
         if not self.cost.reserve(reserved):
             self._stop(
                 BudgetExceededError(
@@ -581,19 +618,47 @@ class LLMHallucinator(Hallucinator):
         except BaseException:
             self.cost.release(reserved)
             raise
-        self.cost.release(reserved, actual=cost_usd(self.model, reply.usage, prices=self.prices))
+        self.cost.release(reserved, actual=self._cost_of(reply.usage, batch=False))
         self.usage = self.usage + reply.usage
         if cache is not None:
             cache.put(key, reply.text, reply.usage)
         return reply
 
+    def _cost_of(self, usage: Usage, *, batch: bool) -> float:
+        """What ``usage`` costs on :attr:`model` (0 when no price is known: see :attr:`priced`)."""
+        if not self.priced:
+            return 0.0
+        return cost_usd(self.model, usage, batch=batch, prices=self.prices, provider=self.provider)
+
     async def _send(
         self, system: str, user: str, image_url: str | None, input_tokens: int
     ) -> Reply:
+        backoff = _Backoff(self.initial_backoff, 60.0)
+
+        def before_sleep(state: RetryCallState) -> None:
+            outcome = state.outcome
+            error = outcome.exception() if outcome is not None else None
+            wait = state.next_action.sleep if state.next_action is not None else 0.0
+            if error is not None and status_of(error) == 429:
+                # the whole client pauses, not only this task: no one sends before retry-after
+                floor = retry_after(error)
+                pause = floor if floor is not None else backoff.window(state.attempt_number)
+                self._paused_until = max(self._paused_until, time.monotonic() + pause)
+                self._pause_window = backoff.window(state.attempt_number)
+            logger.info(
+                "%s: retrying a request in %.2fs (retry %d of %d): %s",
+                type(self).__name__,
+                wait,
+                state.attempt_number,
+                self.max_retries,
+                scrub(_describe(self.provider, error)) if error is not None else "no reason",
+            )
+
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.max_retries + 1),
-            wait=_Backoff(self.initial_backoff, 60.0),
+            wait=backoff,
             retry=retry_if_exception(is_transient),
+            before_sleep=before_sleep,
             reraise=True,
         )
         try:
@@ -601,6 +666,7 @@ class LLMHallucinator(Hallucinator):
                 with attempt:
                     if self._stopped is not None:  # tripped while this row waited to retry
                         raise type(self._stopped)(f"stopped: {self._stopped}")
+                    await self._wait_for_pause()
                     await self._throttle(input_tokens + self.max_output_tokens)
                     self.calls += 1
                     return await self._answered(self._complete(system, user, image_url))
@@ -646,6 +712,12 @@ class LLMHallucinator(Hallucinator):
         """The URL requests go to, for messages."""
         base_url = getattr(self.client(), "base_url", None)
         return str(base_url) if base_url is not None else f"the {self.provider} API"
+
+    async def _wait_for_pause(self) -> None:
+        """After a 429, wait until the client-wide pause is over, plus a random share of the
+        pause's backoff window (full jitter), so paused tasks do not all send at once."""
+        while (left := self._paused_until - time.monotonic()) > 0:
+            await asyncio.sleep(left + _rng.uniform(0.0, self._pause_window))
 
     async def _throttle(self, tokens: int) -> None:
         requests, token_budget = self._limiters

@@ -11,6 +11,7 @@ from pydantic import SecretStr, ValidationError
 
 from povidgen.errors import ProviderError
 from povidgen.hallucinate.batch import BatchBackend, BatchItem, BatchProgress
+from povidgen.hallucinate.keys import resolve_api_key
 from povidgen.hallucinate.llm import LLMHallucinator, Reply
 from povidgen.hallucinate.pricing import OPENAI_IMAGE_TOKENS, Usage, openai_image_tokens
 from povidgen.hallucinate.prompts import RewriteReply
@@ -40,11 +41,14 @@ class OpenAIHallucinator(LLMHallucinator):
     ``chat.completions.parse`` helper.
 
     Args:
-        model: e.g. ``"gpt-4o-mini"``; for a local server, the name it serves (give its price
-            in ``prices=`` or it is refused, so ``max_cost_usd`` always means something).
+        model: e.g. ``"gpt-4o-mini"``; for a local server, the name it serves (with no known
+            price its tokens are counted and its cost is unknown; ``max_cost_usd`` then needs
+            a price in ``prices=``).
         client: an ``openai.AsyncOpenAI`` to use (its retries are switched off: povidgen retries).
         base_url: the server, default ``$OPENAI_BASE_URL`` or OpenAI's.
-        api_key: default ``$OPENAI_API_KEY``; kept as a ``SecretStr`` and never logged.
+        api_key: default: the variable ``api_key_env`` names, else ``$OPENAI_API_KEY``; none
+            is needed for a server on localhost. Kept as a ``SecretStr`` and never logged.
+        api_key_env: the environment variable to read the key from.
         **options: the shared settings of :class:`~povidgen.hallucinate.llm.LLMHallucinator`.
     """
 
@@ -59,6 +63,7 @@ class OpenAIHallucinator(LLMHallucinator):
         client: Any | None = None,
         base_url: str | None = None,
         api_key: SecretStr | str | None = None,
+        api_key_env: str | None = None,
         **options: Any,
     ) -> None:
         super().__init__(model, **options)
@@ -67,15 +72,14 @@ class OpenAIHallucinator(LLMHallucinator):
             self._user_client = client.with_options(max_retries=0, timeout=self.timeout)
             register_secret(getattr(client, "api_key", None))
         else:
-            key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
-            if key is None:
-                raise ValueError(
-                    "no OpenAI API key: set OPENAI_API_KEY, or pass api_key= or client= "
-                    "(local OpenAI-compatible servers accept any key, e.g. api_key='none')"
-                )
-            self._api_key = key if isinstance(key, SecretStr) else SecretStr(key)
-            register_secret(self._api_key)  # scrubbed from errors, logs and the terminal
             self._base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+            self._api_key = resolve_api_key(
+                provider="OpenAI",
+                api_key=api_key,
+                api_key_env=api_key_env,
+                default_env="OPENAI_API_KEY",
+                base_url=self._base_url,
+            )
         self._openai = openai
 
     def image_tokens_for(self, width: int, height: int) -> int:

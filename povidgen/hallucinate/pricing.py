@@ -1,10 +1,17 @@
 """Token prices, call costs and a budget cap for API-backed hallucinators.
 
 * :class:`Usage` is what one call consumed; :class:`ModelPrice` is a model's price in USD per
-  million tokens; :data:`PRICES` holds list prices for common OpenAI and Anthropic models.
+  million tokens.
+* Prices come, in this order, from the caller's ``prices=`` (model -> :class:`ModelPrice`,
+  the CLI's ``--price-in``/``--price-out``), from `genai-prices <https://pypi.org/project/
+  genai-prices/>`_ when it is installed (a maintained table bundled with the package: cache
+  reads and writes, batch and long-context tier prices; povidgen only reads its bundled data and
+  never starts its network updater), and last from :data:`PRICES`, a small bundled table of
+  common OpenAI and Anthropic models for when genai-prices is not installed.
 * :func:`price_for` finds a model's price by exact name or by the longest known prefix, so dated
   snapshots (``gpt-4o-2024-08-06``, ``claude-sonnet-4-5-20250929``) resolve to their family.
-* :func:`cost_usd` prices a call (batch APIs cost half).
+* :func:`cost_usd` prices a call (batch APIs cost half); :func:`has_price` says whether a price
+  is known at all (a model on a local server usually has none: its cost is unknown).
 * :class:`CostTracker` keeps a run's running total and, with :meth:`CostTracker.reserve`, lets
   callers stop submitting calls before ``max_cost_usd`` would be passed.
 * :func:`estimate_tokens` is a cheap token estimate for reservations;
@@ -14,10 +21,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections.abc import Mapping
-from typing import Literal, TypeVar
+from functools import cache
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -35,9 +44,12 @@ __all__ = [
     "anthropic_image_tokens",
     "cost_usd",
     "estimate_tokens",
+    "has_price",
     "openai_image_tokens",
     "price_for",
 ]
+
+logger = logging.getLogger("povidgen")
 
 BATCH_DISCOUNT = 0.5
 """The factor batch APIs (OpenAI Batch, Anthropic Message Batches) apply to every token price."""
@@ -100,8 +112,9 @@ class Usage(BaseModel):
 
     ``input_tokens`` counts *all* prompt tokens, cached ones included; ``cached_input_tokens``
     is the part of them served from the provider's prompt cache (OpenAI's
-    ``prompt_tokens_details.cached_tokens``). For Anthropic, whose ``input_tokens`` excludes
-    cache reads, pass ``input_tokens + cache_read_input_tokens`` as ``input_tokens``.
+    ``prompt_tokens_details.cached_tokens``) and ``cache_write_input_tokens`` the part written
+    to it (Anthropic's ``cache_creation_input_tokens``). For Anthropic, whose ``input_tokens``
+    excludes both, pass their sum as ``input_tokens``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -109,12 +122,14 @@ class Usage(BaseModel):
     input_tokens: int = Field(ge=0)
     output_tokens: int = Field(ge=0)
     cached_input_tokens: int = Field(default=0, ge=0)
+    cache_write_input_tokens: int = Field(default=0, ge=0)
 
     @model_validator(mode="after")
     def _cached_within_input(self) -> Usage:
-        if self.cached_input_tokens > self.input_tokens:
+        if self.cached_input_tokens + self.cache_write_input_tokens > self.input_tokens:
             raise ValueError(
-                f"cached_input_tokens ({self.cached_input_tokens}) exceeds input_tokens "
+                f"cached_input_tokens ({self.cached_input_tokens}) plus "
+                f"cache_write_input_tokens ({self.cache_write_input_tokens}) exceed input_tokens "
                 f"({self.input_tokens}); input_tokens must include the cached tokens"
             )
         return self
@@ -125,6 +140,7 @@ class Usage(BaseModel):
             input_tokens=self.input_tokens + other.input_tokens,
             output_tokens=self.output_tokens + other.output_tokens,
             cached_input_tokens=self.cached_input_tokens + other.cached_input_tokens,
+            cache_write_input_tokens=self.cache_write_input_tokens + other.cache_write_input_tokens,
         )
 
 
@@ -196,16 +212,36 @@ def _family(model: str, table: Mapping[str, _Value]) -> _Value | None:
     return None
 
 
-def price_for(model: str, prices: Mapping[str, ModelPrice] | None = None) -> ModelPrice | None:
-    """The price of ``model``, or ``None`` when it is not known.
+def price_for(
+    model: str,
+    prices: Mapping[str, ModelPrice] | None = None,
+    *,
+    provider: str | None = None,
+) -> ModelPrice | None:
+    """The list price of ``model`` (its base rates), or ``None`` when it is not known.
 
-    ``prices`` extends and overrides :data:`PRICES`. A model matches a known name exactly, or
-    else the longest known name that is a prefix of it followed by a separator (``-``, ``@``,
-    ``:`` or ``_``), so ``gpt-4o-mini-2024-07-18`` is ``gpt-4o-mini`` and
-    ``claude-sonnet-4-5-20250929`` is ``claude-sonnet-4-5``, while ``gpt-4.1`` is not
-    ``gpt-4``. A ``provider/`` prefix (``openai/gpt-4o``) is tried without it too.
+    ``prices`` comes first, then genai-prices (its base rates: long-context tiers, cache writes
+    and batch prices are applied by :func:`cost_usd`), then :data:`PRICES`. ``provider``
+    (``"openai"``, ``"anthropic"``) narrows the genai-prices lookup to that provider's models;
+    ``None`` lets it guess from the name. A model matches a known name exactly, or else the
+    longest known name that is a prefix of it followed by a separator (``-``, ``@``, ``:`` or
+    ``_``), so ``gpt-4o-mini-2024-07-18`` is ``gpt-4o-mini`` and ``claude-sonnet-4-5-20250929``
+    is ``claude-sonnet-4-5``, while ``gpt-4.1`` is not ``gpt-4``. A ``provider/`` prefix
+    (``openai/gpt-4o``) is tried without it too.
     """
-    return _family(model, {**PRICES, **(prices or {})})
+    if prices and (override := _family(model, prices)) is not None:
+        return override
+    found = _genai_model(model, provider)
+    if found is not None:
+        return _base_price(found)
+    return _family(model, PRICES)
+
+
+def has_price(
+    model: str, prices: Mapping[str, ModelPrice] | None = None, *, provider: str | None = None
+) -> bool:
+    """Whether any price is known for ``model`` (see :func:`price_for`)."""
+    return price_for(model, prices, provider=provider) is not None
 
 
 def cost_usd(
@@ -214,18 +250,31 @@ def cost_usd(
     *,
     batch: bool = False,
     prices: Mapping[str, ModelPrice] | None = None,
+    provider: str | None = None,
 ) -> float:
-    """The cost in USD of ``usage`` on ``model`` (half price when ``batch``).
+    """The cost in USD of ``usage`` (one request) on ``model``; ``batch`` for a batch API.
 
-    Raises ``ValueError`` naming the model when no price is known for it.
+    A price from ``prices`` is applied as it is (batch: half of it). Otherwise genai-prices
+    prices the request with everything it knows (cache reads and writes, the long-context tier
+    the request's input falls in, the batch price), and the bundled :data:`PRICES` table is the
+    last resort (batch: half). Raises ``ValueError`` naming the model when no price is known.
     """
-    price = price_for(model, prices)
+    if prices and (override := _family(model, prices)) is not None:
+        return _flat_cost(override, usage, batch=batch)
+    found = _genai_model(model, provider)
+    if found is not None:
+        return _genai_cost(found, usage, batch=batch)
+    price = _family(model, PRICES)
     if price is None:
         raise ValueError(
             f"no price is known for model {model!r}; pass one with "
             f"prices={{{model!r}: ModelPrice(input_per_mtok=..., output_per_mtok=...)}} "
-            "(USD per million tokens)"
+            "(USD per million tokens; on the command line --price-in and --price-out)"
         )
+    return _flat_cost(price, usage, batch=batch)
+
+
+def _flat_cost(price: ModelPrice, usage: Usage, *, batch: bool) -> float:
     cached_rate = (
         price.input_per_mtok if price.cached_input_per_mtok is None else price.cached_input_per_mtok
     )
@@ -236,6 +285,83 @@ def cost_usd(
         + usage.output_tokens * price.output_per_mtok
     ) / 1_000_000
     return total * BATCH_DISCOUNT if batch else total
+
+
+@cache
+def _genai_prices() -> Any | None:
+    """The genai-prices module, or ``None`` when it is not installed.
+
+    Only its bundled snapshot is read: :func:`genai_prices.calc_price` looks prices up in data
+    shipped with the package, and the network updater (``UpdatePrices``) is never started.
+    """
+    try:
+        import genai_prices
+    except ImportError:
+        logger.debug("genai-prices is not installed; using the bundled price table")
+        return None
+    return genai_prices
+
+
+def _genai_model(model: str, provider: str | None) -> tuple[Any, Any] | None:
+    """genai-prices' ``(provider, model)`` for ``model``, or ``None`` when it knows neither."""
+    genai = _genai_prices()
+    if genai is None:
+        return None
+    from genai_prices.data_snapshot import get_snapshot
+
+    snapshot = get_snapshot()
+    candidates = [model]
+    if "/" in model:
+        candidates.append(model.rsplit("/", 1)[1])
+    for name in candidates:
+        try:
+            found: tuple[Any, Any] = snapshot.find_provider_model(name, None, provider, None)
+        except LookupError:
+            continue
+        return found
+    return None
+
+
+def _genai_cost(found: tuple[Any, Any], usage: Usage, *, batch: bool) -> float:
+    genai = _genai_prices()
+    assert genai is not None
+    provider, model = found
+    request = genai.Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cached_input_tokens,
+        cache_write_tokens=usage.cache_write_input_tokens,
+    )
+    context = {"processing": "batch"} if batch else None
+    total = float(model.calc_price(request, provider, price_context=context).total_price)
+    if batch and not _has_batch_variant(model):
+        total *= BATCH_DISCOUNT  # both providers' batch APIs are half price
+    return total
+
+
+def _has_batch_variant(model: Any) -> bool:
+    return any(
+        variant.when.get("processing") == "batch" for variant in (model.price_variants or ())
+    )
+
+
+def _base_price(found: tuple[Any, Any]) -> ModelPrice:
+    """A genai-prices model's current base rates as a :class:`ModelPrice`."""
+    from datetime import UTC, datetime
+
+    rates: dict[str, Any] = vars(found[1].get_prices(datetime.now(tz=UTC)))
+
+    def rate(key: str) -> float | None:
+        value = rates.get(key)
+        if value is None:
+            return None
+        return float(getattr(value, "base", value))  # a tiered price: its first tier
+
+    return ModelPrice(
+        input_per_mtok=rate("input_mtok") or 0.0,
+        output_per_mtok=rate("output_mtok") or 0.0,
+        cached_input_per_mtok=rate("cache_read_mtok"),
+    )
 
 
 def estimate_tokens(text: str, *, images: int = 0, tokens_per_image: int = 0) -> int:
@@ -338,6 +464,9 @@ class CostTracker:
         if max_cost_usd is not None and not max_cost_usd >= 0:
             raise ValueError(f"max_cost_usd must be zero or positive, got {max_cost_usd!r}")
         self.max_cost_usd = max_cost_usd
+        self.priced = True
+        """``False`` when the calls' price is unknown: then :attr:`spent` stays 0 and the
+        run's cost is reported as unknown."""
         self._spent = 0.0
         self._reserved = 0.0
         self._reservations = 0

@@ -533,6 +533,8 @@ class PairBuilder:
 
     def _cost_tally(self) -> float | None:
         tally = getattr(self.hallucinator, "cost", None)
+        if getattr(tally, "priced", True) is False:
+            return None  # no price is known: the cost is unknown, not zero
         spent = getattr(tally, "spent", None)
         return float(spent) if isinstance(spent, int | float) else None
 

@@ -513,7 +513,7 @@ def test_prefix_matching_picks_the_longest_family(model: str, family: str) -> No
 
 
 def test_unknown_models_and_overrides() -> None:
-    assert price_for("gpt-4") is None
+    assert price_for("gpt-4") != PRICES["gpt-4o"]  # not taken for gpt-4o's family
     assert price_for("gpt-4oo") is None
     with pytest.raises(ValueError, match=r"'my-model'.*prices=\{'my-model': ModelPrice"):
         cost_usd("my-model", Usage(input_tokens=1, output_tokens=1))

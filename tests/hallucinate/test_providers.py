@@ -243,10 +243,13 @@ def test_missing_key_and_unknown_price_are_clear_errors(
     monkeypatch: pytest.MonkeyPatch, server: FakeLLMServer
 ) -> None:
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
     with pytest.raises(ValueError, match="OPENAI_API_KEY"):
-        OpenAIHallucinator(base_url=server.openai_base_url)
-    with pytest.raises(ValueError, match="my-local-model"):
-        OpenAIHallucinator("my-local-model", base_url=server.openai_base_url, api_key="none")
+        OpenAIHallucinator()  # OpenAI's own URL needs a key (one on localhost does not)
+    with pytest.raises(ValueError, match="my-local-model"):  # a cap needs a price
+        OpenAIHallucinator(
+            "my-local-model", base_url=server.openai_base_url, api_key="none", max_cost_usd=1.0
+        )
 
 
 def test_cli_provider_set_up_errors_are_clear(
