@@ -605,6 +605,7 @@ class PairBuilder:
         ``4 x concurrency + 2 x workers`` rows wait in the window."""
         assert self._loop is not None
         assert self._pool is not None
+        self._closing = False
         slots = self._loop.run(_semaphore(self.concurrency))
         window: deque[tuple[int, Future[_Prepared | RowError]]] = deque()
         limit = 4 * self.concurrency + 2 * self.workers
@@ -635,8 +636,10 @@ class PairBuilder:
                     yield self._logged(finish())  # the read-ahead stays bounded
             while window:
                 yield self._logged(finish())
+        except BaseException:  # an interrupt, or the consumer stopped: start no new call
+            self._closing = True
+            raise
         finally:
-            self._closing = True  # rows still on the pool start no call
             for _, future in window:  # interrupted: no call outlives the run
                 future.cancel()
                 if future.done() and not future.cancelled():
@@ -737,7 +740,8 @@ class PairBuilder:
         if slots is not None:
             assert self._loop is not None
             if self._closing:
-                return _row_error(row_id, index, "hallucinate", "not attempted: interrupted")
+                interrupted = RunStoppedError("not attempted: interrupted")
+                return _row_error(row_id, index, "hallucinate", interrupted)  # resumable
             coroutine = _bounded_call(self.hallucinator, read.example, slots)
             call = asyncio.run_coroutine_threadsafe(coroutine, self._loop.loop)
         prepared = _Prepared(read, call)
