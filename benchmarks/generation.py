@@ -95,7 +95,9 @@ async def bare_loop(server: ServerProcess, rows: list[Example], rate: float) -> 
     return len(rows) / elapsed
 
 
-def build_rate(server: ServerProcess, count: int, rate: float) -> tuple[float, float, str]:
+def build_rate(
+    server: ServerProcess, count: int, rate: float, extra: tuple[str, ...] = ()
+) -> tuple[float, float, str]:
     """``povidgen build`` end to end, in a subprocess, on ``count`` rows with one image each:
     rows/s over the whole process (Python start-up and imports included) and over the build
     itself (``summary.json``'s seconds: from the first row read to the last shard written)."""
@@ -111,7 +113,7 @@ def build_rate(server: ServerProcess, count: int, rate: float) -> tuple[float, f
         command += ["--dataset", str(root / "rows.jsonl"), "--id-column", "id"]
         command += ["--provider", "openai", "--base-url", server.openai_base_url]
         command += ["--concurrency", "64", "--rpm", str(rate * 60 * 0.95), "--no-cache"]
-        command += ["--out", str(root / "out")]
+        command += ["--out", str(root / "out"), *extra]
         start = time.perf_counter()
         done = subprocess.run(
             command,
@@ -189,6 +191,8 @@ def main() -> None:
         ours, failures = povidgen_rate(server, examples(args.rows), args.rate)
         loop = asyncio.run(bare_loop(server, examples(args.rows), args.rate))
         whole, build, build_summary = build_rate(server, args.rows, args.rate)
+        # the same without distortion: the orchestration alone, when the CPU is not the limit
+        _, plain, _ = build_rate(server, args.rows, args.rate, ("--distorter", "none"))
     finally:
         throttled = server.close()
     print(f"fake server: {args.latency * 1000:.0f} ms latency, {args.rate:.0f} requests/s limit")
@@ -197,8 +201,10 @@ def main() -> None:
     print(f"bare asyncio loop (64):  {loop:8.2f} rows/s ({args.rows} rows)")
     print(f"povidgen build (CLI):    {build:8.2f} rows/s ({args.rows} rows; {build_summary})")
     print(f"  the whole process:     {whole:8.2f} rows/s (start-up and imports included)")
+    print(f"  --distorter none:      {plain:8.2f} rows/s (no image work: the calls alone)")
     print(f"build / rate limit: {build / args.rate:.2f}  (target >= 0.90)")
     print(f"build / bare loop:  {build / loop:.2f}x  (target >= 0.95)")
+    print(f"build without distortion / bare loop: {plain / loop:.2f}x")
     print(f"hallucinate_many / sequential: {ours / base:.1f}x")
     print(f"429s from the server's limiter: {throttled}")
 
