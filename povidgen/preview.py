@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from povidgen.errors import InputError
+from povidgen.pairs.trl_format import edit_spans
 
 if TYPE_CHECKING:
     import datasets
@@ -388,25 +389,10 @@ def _edit_spans(provenance: Any, rejected: str) -> list[_Span]:
     """
     if not isinstance(provenance, Mapping):
         return []
-    spans = []
-    for edit in provenance.get("edits") or []:
-        if not isinstance(edit, Mapping):
-            continue
-        injected = str(edit.get("injected") or "")
-        start, end = edit.get("start"), edit.get("end")
-        if not (
-            isinstance(start, int)
-            and isinstance(end, int)
-            and 0 <= start < end
-            and rejected[start:end] == injected
-        ):
-            found = rejected.find(injected) if injected else -1
-            if found < 0:
-                continue
-            start, end = found, found + len(injected)
-        color = EDIT_COLORS.get(str(edit.get("kind")), _OTHER_EDIT)
-        spans.append(_Span(start, end, color))
-    return spans
+    return [
+        _Span(start, end, EDIT_COLORS.get(kind, _OTHER_EDIT))
+        for start, end, kind in edit_spans(rejected, provenance.get("edits") or [])
+    ]
 
 
 def _first_image(value: Any) -> Image.Image | None:

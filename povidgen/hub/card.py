@@ -22,6 +22,8 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from povidgen.pairs.trl_format import edit_spans
+
 __all__ = [
     "END",
     "START",
@@ -171,21 +173,7 @@ def mark_spans(rejected: str, edits: Iterable[Mapping[str, Any]]) -> str:
     An edit whose ``start:end`` does not hold its injected text is looked up by text, and
     skipped when it is not there; overlapping spans keep the first.
     """
-    spans: list[tuple[int, int, str]] = []
-    for edit in edits:
-        injected = str(edit.get("injected") or "")
-        start, end = edit.get("start"), edit.get("end")
-        if not (
-            isinstance(start, int)
-            and isinstance(end, int)
-            and 0 <= start < end
-            and rejected[start:end] == injected
-        ):
-            found = rejected.find(injected) if injected else -1
-            if found < 0:
-                continue
-            start, end = found, found + len(injected)
-        spans.append((start, end, str(edit.get("kind") or "")))
+    spans = edit_spans(rejected, edits)
     out, at = [], 0
     for start, end, kind in sorted(spans):
         if start < at:

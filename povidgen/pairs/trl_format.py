@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from datasets import Features, Image, List, Value
@@ -29,7 +30,14 @@ from PIL import Image as PILImage
 
 from povidgen.schema import PreferencePair
 
-__all__ = ["PNG_COMPRESS_LEVEL", "message_text", "pair_features", "pair_to_row", "png_bytes"]
+__all__ = [
+    "PNG_COMPRESS_LEVEL",
+    "edit_spans",
+    "message_text",
+    "pair_features",
+    "pair_to_row",
+    "png_bytes",
+]
 
 _CONTENT = List({"type": Value("string"), "text": Value("string")})
 _MESSAGES = List({"role": Value("string"), "content": _CONTENT})
@@ -122,6 +130,33 @@ def message_text(messages: list[dict[str, Any]]) -> str:
         for part in message["content"]
         if part["type"] == "text" and part["text"] is not None
     )
+
+
+def edit_spans(rejected: str, edits: Iterable[Any]) -> list[tuple[int, int, str]]:
+    """``(start, end, kind)`` of each edit's injected text inside ``rejected``, in edit order.
+
+    ``provenance.edits`` index the rejected text; an edit whose ``start:end`` does not hold
+    its injected text (hand-edited data) is looked up by text instead, and skipped when the
+    text is not there, as is anything that is not an edit mapping.
+    """
+    spans: list[tuple[int, int, str]] = []
+    for edit in edits:
+        if not isinstance(edit, Mapping):
+            continue
+        injected = str(edit.get("injected") or "")
+        start, end = edit.get("start"), edit.get("end")
+        if not (
+            isinstance(start, int)
+            and isinstance(end, int)
+            and 0 <= start < end
+            and rejected[start:end] == injected
+        ):
+            found = rejected.find(injected) if injected else -1
+            if found < 0:
+                continue
+            start, end = found, found + len(injected)
+        spans.append((start, end, str(edit.get("kind") or "")))
+    return spans
 
 
 def _assistant(text: str) -> list[dict[str, Any]]:
