@@ -45,7 +45,7 @@ from povidgen.errors import (
     RunStoppedError,
 )
 from povidgen.hallucinate.base import HallucinationResult, Hallucinator
-from povidgen.pairs.output import OutputFolder
+from povidgen.pairs.output import OutputFolder, read_json_object
 from povidgen.pairs.shards import ERRORS, SUMMARY, ShardLimits, ShardWriter, load_pairs, row_size
 from povidgen.pairs.trl_format import PNG_COMPRESS_LEVEL, pair_features, pair_to_row, png_bytes
 from povidgen.schema import Example, Hallucination, PreferencePair, Provenance, RowError, Stage
@@ -949,7 +949,7 @@ def _write_summary(
         by_reason[error.reason] = by_reason.get(error.reason, 0) + 1
     seconds = sum(s.seconds for s in writer.segments)
     costs = [s.cost_usd for s in writer.segments if s.cost_usd is not None]
-    previous = _read_json(folder / SUMMARY)
+    previous = read_json_object(folder / SUMMARY)
     runs = int(previous.get("runs", 0)) + 1 if isinstance(previous, dict) else 1
     total_seconds = float(previous.get("seconds_all_runs", 0.0)) if previous else 0.0
     total_seconds += report.seconds
@@ -980,16 +980,8 @@ def _write_summary(
     os.replace(temporary, folder / SUMMARY)
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _report_from_summary(folder: Path) -> BuildReport:
-    summary = _read_json(folder / SUMMARY) or {}
+    summary = read_json_object(folder / SUMMARY) or {}
     report = BuildReport(
         rows=0,
         pairs=int(summary.get("pairs", 0)),

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from povidgen.errors import PovidgenError
-from povidgen.pairs.output import MARKER, OutputFolder
+from povidgen.pairs.output import MARKER, OutputFolder, read_json_object
 from povidgen.pairs.shards import (
     DATA_DIR,
     ERRORS,
@@ -153,7 +153,7 @@ def merge_builds(
         state = target.state(configuration)
         if state == "complete":
             logger.info("%s already holds this build, finished; nothing to do", target.path)
-            summary = _read_json(target.path / SUMMARY) or {}
+            summary = read_json_object(target.path / SUMMARY) or {}
             return MergeReport(
                 rows=int(summary.get("rows", 0)),
                 pairs=int(summary.get("pairs", 0)),
@@ -189,7 +189,7 @@ def _read_share(path: Path) -> _Share:
     """The marker, summary and manifest of the shard output at ``path``, checked."""
     if not path.is_dir():
         raise MergeError(f"{path} is not a folder")
-    marker = _read_json(path / MARKER)
+    marker = read_json_object(path / MARKER)
     if marker is None:
         raise MergeError(f"{path} is not a povidgen build output (no readable {MARKER})")
     configuration = marker.get("configuration")
@@ -200,7 +200,7 @@ def _read_share(path: Path) -> _Share:
             f"{path} holds a povidgen output in an older layout, which cannot be merged; "
             "build it again with this version"
         )
-    summary = _read_json(path / SUMMARY)
+    summary = read_json_object(path / SUMMARY)
     if summary is None or summary.get("complete") is not True:
         why = "has no summary.json" if summary is None else "summary.json says it is not complete"
         stopped = summary.get("stopped") if summary else None
@@ -534,14 +534,6 @@ def _differing_keys(
         else:
             found.append((f"{prefix}{key}", x, y))
     return found
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _version() -> str:

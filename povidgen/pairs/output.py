@@ -109,7 +109,7 @@ class OutputFolder:
         path = self.path
         if not path.exists() or not any(path.iterdir()):
             return "new"
-        marker = _read_json(path / MARKER)
+        marker = read_json_object(path / MARKER)
         earlier = marker.get("configuration") if marker else None
         wanted = _normalised(configuration)
         if not isinstance(earlier, dict):
@@ -127,7 +127,7 @@ class OutputFolder:
                 f"({_difference(earlier, wanted)}); pass --overwrite to replace it, or "
                 "choose another folder"
             )
-        summary = _read_json(path / "summary.json")
+        summary = read_json_object(path / "summary.json")
         if summary and summary.get("complete") is True:
             return "replace" if self.overwrite else "complete"
         return "resume"
@@ -297,7 +297,9 @@ def _difference(earlier: Mapping[str, Any], now: Mapping[str, Any], prefix: str 
     return "; ".join(shown[:3]) + (f"; and {len(shown) - 3} more" if len(shown) > 3 else "")
 
 
-def _read_json(path: Path) -> dict[str, Any] | None:
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path`` (a marker, a summary), or ``None`` when it is missing,
+    unreadable or not an object."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
