@@ -582,7 +582,7 @@ class PairBuilder:
             self._pool.shutdown(wait=True, cancel_futures=True)
             try:
                 self._loop.run(_cancel_pending())  # calls of rows an interrupt left behind
-                self._loop.run(self.hallucinator.aclose())
+                self._loop.run(_within(self.hallucinator.aclose(), 10.0))
             finally:
                 self._loop.close()
                 self._loop = None
@@ -1017,13 +1017,23 @@ class _LoopThread:
         self.loop.close()
 
 
-async def _cancel_pending() -> None:
-    """Cancel every other task of the run's loop and wait for them to end."""
+async def _cancel_pending(timeout: float = 5.0) -> None:
+    """Cancel every other task of the run's loop and wait for them to end, at most
+    ``timeout`` seconds (a task that ignores its cancellation must not hang the exit)."""
     current = asyncio.current_task()
     tasks = [task for task in asyncio.all_tasks() if task is not current]
     for task in tasks:
         task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    if tasks:
+        await asyncio.wait(tasks, timeout=timeout)
+
+
+async def _within(coroutine: Coroutine[Any, Any, None], timeout: float) -> None:
+    """``coroutine``, given up after ``timeout`` seconds (closing connections at exit)."""
+    try:
+        await asyncio.wait_for(coroutine, timeout)
+    except TimeoutError:
+        logger.warning("closing the hallucinator took over %.0fs; left to the exit", timeout)
 
 
 async def _semaphore(concurrency: int) -> asyncio.Semaphore:

@@ -89,9 +89,9 @@ def test_thirty_percent_faults_lose_and_duplicate_nothing(
     builder = build(hallucinator, count, concurrency=64, batch_size=count)
     pairs = builder.pairs  # type: ignore[attr-defined]
     built, failed = list(pairs["id"]), [error.id for error in builder.errors]
-    assert len(built) + len(failed) == count
+    assert builder.report.rows == count, builder.report
+    assert len(built) + len(failed) == count, builder.report
     assert len(set(built) | set(failed)) == count
-    assert builder.report.rows == count
     assert len(built) > 0.8 * count  # most faults are retried away
     for error in builder.errors:
         assert error.stage == "hallucinate"
