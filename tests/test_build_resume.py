@@ -523,6 +523,9 @@ def test_sigkill_while_a_shard_is_written_then_rerun_equals_one_run(
 def check_interrupted(out: Path, stopped: Stopped) -> int:
     """The checks of a run stopped with Ctrl-C; returns the rows it wrote (finished shards
     and the open one, kept as a partial file beside a sidecar naming its rows)."""
+    if stopped.returncode == 0 and "written to:" in stopped.stdout:
+        # a busy machine let the build finish before the signal reached it: nothing stopped
+        pytest.skip("the build finished before the signal (a busy machine)")
     assert stopped.returncode == 130, stopped.stderr
     assert "Run the same command again to resume" in stopped.stderr
     assert "Traceback" not in stopped.stderr
