@@ -55,7 +55,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 
-_COLOURS = ("red", "blue", "green", "yellow", "white", "black", "brown", "orange")
+_COLOURS = ("red", "blue", "green", "yellow", "white", "black", "brown", "purple")
 _OBJECTS = ("apples", "cups", "dogs", "cats", "books", "chairs", "bottles", "bananas")
 _PLACES = ("on the left of", "on the right of", "in front of", "behind", "next to")
 
@@ -158,6 +158,8 @@ class Run:
     samples: list[tuple[float, int]] = field(default_factory=list)
     """(seconds since start, VmRSS in KiB) every 0.2 s."""
 
+    pairs: int | None = None
+    """Pairs the build wrote (every row should become one: a failed row skips work)."""
     others: float | None = None
     """The share of the run's CPUs that other processes used while it ran (see
     :func:`cpu_busy`): how far the machine's load skews its timing."""
@@ -202,6 +204,7 @@ def run_build(
     run = run_child(build_command(dataset, out, limit=limit, workers=workers), cpus=cpus)
     try:
         summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        run.pairs = int(summary["pairs"])
         if summary.get("runs") == 1:  # a fresh folder: the total is this run's time
             run.seconds = float(summary["seconds_all_runs"])
     except (OSError, ValueError, KeyError, TypeError):
@@ -296,7 +299,13 @@ def run_child(command: Sequence[str], *, cpus: Sequence[int] | None = None) -> R
         out.seek(0)
         err.seek(0)
         return Run(
-            process.returncode, out.read(), err.read(), wall, usage.ru_maxrss, samples, others
+            code=process.returncode,
+            stdout=out.read(),
+            stderr=err.read(),
+            wall=wall,
+            peak_kib=usage.ru_maxrss,
+            samples=samples,
+            others=others,
         )
 
 
@@ -374,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(
             f"{'run':9} {'rows':>6} {'peak RSS MiB':>13} {'over start-up':>14} "
-            f"{'rows/s':>8} {'build s':>8} {'wall s':>7} {'others %':>9}"
+            f"{'pairs':>6} {'rows/s':>8} {'build s':>8} {'wall s':>7} {'others %':>9}"
         )
         for name, (rows, run) in runs.items():
             seconds = run.seconds
@@ -382,7 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             growth = f"{(run.peak_kib - base) / 1024:14.0f}" if rows else f"{'-':>14}"
             build_s = f"{seconds:8.2f}" if seconds is not None else f"{'-':>8}"
             print(
-                f"{name:9} {rows:6d} {run.peak_kib / 1024:13.0f} {growth} {rate} {build_s} "
+                f"{name:9} {rows:6d} {run.peak_kib / 1024:13.0f} {growth} "
+                f"{'-' if run.pairs is None else run.pairs:>6} {rate} {build_s} "
                 f"{run.wall:7.1f} {_percent(run.others):>9}"
             )
         print(

@@ -210,6 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"rows/s  ({two_s:.2f} s; wall {best_two.wall:.1f} s with start-up"
                 f"{_others(best_two.others, 'its cores')})"
             )
+        made = sorted({run.pairs for run in one + two}, key=lambda p: -1 if p is None else p)
+        print(f"pairs built by each build: {', '.join(str(p) for p in made)} of {rows} rows")
         print(f"row 0's distorted PNG: the floor's {'==' if same else '!='} the build's")
         ratio = one_s / best_floor.total
         print(

@@ -46,11 +46,13 @@ def test_build_benchmarks_run_at_tiny_sizes() -> None:
 
     # build_memory: the table (start-up, small, large), the RSS trails and the ratio
     one(r"^input: 40 64x64 photo jpeg images", memory_out)
-    one(rf"^start-up\s+0\s+{NUMBER}\s+-\s+-\s+{NUMBER}\s+{NUMBER}\s+(\d+|-)$", memory_out)
+    # (the table's pairs column equals its rows column: every row became a pair)
+    one(rf"^start-up\s+0\s+{NUMBER}\s+-\s+0\s+-\s+{NUMBER}\s+{NUMBER}\s+(\d+|-)$", memory_out)
     peaks = {}
     for name, rows in (("small", 20), ("large", 40)):
         row = one(
-            rf"^{name}\s+{rows}\s+{NUMBER}\s+(-?\d+)\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}\s+(\d+|-)$",
+            rf"^{name}\s+{rows}\s+{NUMBER}\s+(-?\d+)\s+{rows}\s+{NUMBER}\s+{NUMBER}\s+{NUMBER}"
+            r"\s+(\d+|-)$",
             memory_out,
         )
         peaks[name] = float(row.group(1))
@@ -77,6 +79,7 @@ def test_build_benchmarks_run_at_tiny_sizes() -> None:
             rf"{NUMBER} s with start-up(; others used \d+% of its cores?)?\)$",
             throughput_out,
         )
+    one(r"^pairs built by each build: 30 of 30 rows$", throughput_out)  # every row a pair
     one(r"^row 0's distorted PNG: the floor's == the build's$", throughput_out)
     one(rf"^build on 1 core / floor: {NUMBER}x the floor's time \(target <= 1.30: ", throughput_out)
     if two_cpus:
