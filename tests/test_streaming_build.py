@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -283,6 +287,37 @@ def test_build_returns_a_dataset_on_disk(tmp_path: Path) -> None:
     assert pairs.cache_files  # memory-mapped Arrow files, not a table in RAM
     assert made.build(tmp_path / "pairs")["id"] == pairs["id"]  # resumable: nothing to do
     assert made.report.already_complete
+
+
+def test_build_without_a_folder_cleans_up_its_temporary_folder(tmp_path: Path) -> None:
+    # in a child process, so the clean-up at interpreter exit can be seen
+    script = (
+        "from povidgen import PairBuilder, RuleHallucinator\n"
+        "from povidgen.sources.demo import demo_dataset\n"
+        "pairs = PairBuilder.from_dataset(demo_dataset(4, seed=0), prompt_column='question',"
+        " hallucinator=RuleHallucinator()).build()\n"
+        "assert len(pairs) == 4, len(pairs)\n"
+        "import os, tempfile\n"
+        "assert any(n.startswith('povidgen-build-') for n in os.listdir(tempfile.gettempdir()))\n"
+    )
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", script], env=env, check=True, timeout=300)
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith("povidgen-build-")] == []
+
+
+def test_a_failed_build_without_a_folder_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+    def fail(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("disk on fire")
+
+    made = builder(scenes(6))
+    monkeypatch.setattr(made, "run", fail)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        made.build()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_progress(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -18,6 +18,7 @@ a record, and no half-made pair is written.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import hashlib
 import json
 import logging
@@ -444,13 +445,24 @@ class PairBuilder:
         """Run over every row and return the pairs as a ``datasets.Dataset`` backed by the
         shard files on disk (memory-mapped), not held in RAM.
 
-        ``out_dir`` is where the shards go (resumable, as in :meth:`run`); a new temporary
-        folder when ``None``. The columns are those of
+        ``out_dir`` is where the shards go (resumable, as in :meth:`run`); when ``None``, a
+        new temporary folder that is removed when the Python process exits (or at once if
+        the run fails). The columns are those of
         :func:`povidgen.pairs.trl_format.pair_features`. Rows that failed are in
         :attr:`errors`; :attr:`report` has the counts and the time taken.
         """
         if out_dir is None:
-            out_dir = Path(tempfile.mkdtemp(prefix="povidgen-build-")) / "pairs"
+            root = Path(tempfile.mkdtemp(prefix="povidgen-build-"))
+            # the returned dataset maps files in here, so they live until the interpreter
+            # exits; a run that fails leaves nothing a user could resume from, so it goes now
+            atexit.register(shutil.rmtree, root, ignore_errors=True)
+            out_dir = root / "pairs"
+            try:
+                self.run(out_dir, overwrite=overwrite, allow_empty=True, progress=progress)
+            except BaseException:
+                shutil.rmtree(root, ignore_errors=True)
+                raise
+            return load_pairs(out_dir, cache_dir=out_dir / ".cache")
         self.run(out_dir, overwrite=overwrite, allow_empty=True, progress=progress)
         # the memory-mapped Arrow copy stays inside the folder povidgen owns (hidden, so
         # load_dataset(DIR) does not read it as data)
