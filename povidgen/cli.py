@@ -32,6 +32,7 @@ from povidgen.registry import (
     get_distorter,
     get_hallucinator,
 )
+from povidgen.sources import command as scenes_command
 from povidgen.train import command as train_command
 
 __all__ = ["main"]
@@ -184,6 +185,13 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=_SEED, default=0, metavar="N")
     build.add_argument(
         "--limit", type=_bounded(int, 0), default=None, metavar="N", help="first N rows only"
+    )
+    build.add_argument(
+        "--turns",
+        choices=["first", "last", "all"],
+        default="first",
+        help="which exchanges of a multi-turn conversation (LLaVA 'conversations') become "
+        "pairs, the earlier ones kept as context (default: first)",
     )
     build.add_argument(
         "--provider",
@@ -371,6 +379,7 @@ def _parser() -> argparse.ArgumentParser:
     train_command.add_parser(commands)
     export_command.add_parser(commands)
     push_command.add_parser(commands)
+    scenes_command.add_parser(commands)
     return parser
 
 
@@ -471,6 +480,7 @@ def _build(args: argparse.Namespace) -> int:
         shard_limits=ShardLimits(max_bytes=int(args.shard_mb * 2**20), max_rows=args.shard_rows),
         source=source,
         ray_address=args.ray,
+        turns=args.turns,
     )
     try:
         with _terminate_as_interrupt():
