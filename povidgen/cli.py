@@ -19,18 +19,17 @@ import datasets
 
 from povidgen import __version__
 from povidgen.convert import command as export_command
-from povidgen.distort.base import Distorter
 from povidgen.errors import PovidgenError
+from povidgen.eval import command as eval_command
 from povidgen.hub import command as push_command
+from povidgen.pairs.build_config import BuildConfig
 from povidgen.pairs.builder import BuildReport, PairBuilder
 from povidgen.pairs.output import OutputFolder, unwritable_parent
-from povidgen.pairs.shards import ShardLimits
 from povidgen.redact import scrub
 from povidgen.registry import (
     available_distorters,
     available_hallucinators,
     get_distorter,
-    get_hallucinator,
 )
 from povidgen.sources import command as scenes_command
 from povidgen.train import command as train_command
@@ -141,8 +140,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log every failed row")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    build = commands.add_parser("build", help="build preference pairs from a dataset")
-    source = build.add_mutually_exclusive_group(required=True)
+    # Defaults live in BuildConfig, not here: a flag absent from the namespace was not given,
+    # so a flag given with its default value still overrides --config's file.
+    build = commands.add_parser(
+        "build",
+        help="build preference pairs from a dataset",
+        argument_default=argparse.SUPPRESS,
+    )
+    build.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE.yaml",
+        help="read the settings from this YAML file (keys: these flags' names with '_' for "
+        "'-'; flags given here override it); see docs/building.md",
+    )
+    source = build.add_mutually_exclusive_group()  # one of them, here or in --config's file
     source.add_argument("--demo", action="store_true", help="use the bundled synthetic scenes")
     source.add_argument(
         "--dataset",
@@ -152,44 +164,34 @@ def _parser() -> argparse.ArgumentParser:
         "folder of data files or a Hub dataset id (owner/name), the last two read by "
         "datasets.load_dataset",
     )
-    build.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder")
-    build.add_argument("--image-column", default="image", metavar="C")
-    build.add_argument("--prompt-column", default="prompt", metavar="C")
-    build.add_argument("--answer-column", default="answer", metavar="C")
-    build.add_argument(
-        "--id-column", default=None, metavar="C", help="row ids (default: 'id' for LLaVA files)"
-    )
+    build.add_argument("--out", type=Path, metavar="DIR", help="output folder (required)")
+    build.add_argument("--image-column", metavar="C", help="default: image")
+    build.add_argument("--prompt-column", metavar="C", help="default: prompt")
+    build.add_argument("--answer-column", metavar="C", help="default: answer")
+    build.add_argument("--id-column", metavar="C", help="row ids (default: 'id' for LLaVA files)")
     build.add_argument(
         "--image-folder",
         type=Path,
-        default=None,
         metavar="DIR",
         help="where relative image paths point (default: the dataset file's folder)",
     )
     build.add_argument(
-        "--split",
-        default=None,
-        help="the split to read (default: 'train' if there is one, else the only split)",
+        "--split", help="the split to read (default: 'train' if there is one, else the only split)"
     )
     build.add_argument(
-        "--config", default=None, metavar="NAME", help="the configuration of a Hub dataset"
+        "--dataset-config", metavar="NAME", help="the configuration of a Hub dataset"
     )
-    build.add_argument(
-        "--revision", default=None, metavar="R", help="a Hub dataset's branch, tag or commit"
-    )
+    build.add_argument("--revision", metavar="R", help="a Hub dataset's branch, tag or commit")
     build.add_argument(
         "--streaming",
         action="store_true",
         help="stream the dataset instead of downloading it first (no progress total)",
     )
-    build.add_argument("--seed", type=_SEED, default=0, metavar="N")
-    build.add_argument(
-        "--limit", type=_bounded(int, 0), default=None, metavar="N", help="first N rows only"
-    )
+    build.add_argument("--seed", type=_SEED, metavar="N", help="default: 0")
+    build.add_argument("--limit", type=_bounded(int, 0), metavar="N", help="first N rows only")
     build.add_argument(
         "--turns",
         choices=["first", "last", "all"],
-        default="first",
         help="which exchanges of a multi-turn conversation (LLaVA 'conversations') become "
         "pairs, the earlier ones kept as context (default: first)",
     )
@@ -197,27 +199,22 @@ def _parser() -> argparse.ArgumentParser:
         "--provider",
         "--hallucinator",
         dest="provider",
-        default="rule",
         metavar="NAME",
-        help=f"rule, openai, anthropic, transformers or another registered hallucinator "
-        f"(installed: {', '.join(available_hallucinators())})",
+        help=f"rule (the default), openai, anthropic, transformers or another registered "
+        f"hallucinator (installed: {', '.join(available_hallucinators())})",
     )
-    build.add_argument("--model", default=None, metavar="M", help="the provider's model")
+    build.add_argument("--model", metavar="M", help="the provider's model")
     build.add_argument(
         "--word-lists",
         type=Path,
         action="append",
-        default=None,
         metavar="FILE.json",
         help="rule provider: word lists for answers in another language (repeatable; the "
         "format is in docs/method.md)",
     )
-    build.add_argument(
-        "--base-url", default=None, metavar="URL", help="an OpenAI-compatible server"
-    )
+    build.add_argument("--base-url", metavar="URL", help="an OpenAI-compatible server")
     build.add_argument(
         "--api-key-env",
-        default=None,
         metavar="NAME",
         help="read the API key from this environment variable (default: OPENAI_API_KEY or "
         "ANTHROPIC_API_KEY; a --base-url on localhost needs none)",
@@ -225,7 +222,6 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--price-in",
         type=_bounded(float, 0),
-        default=None,
         metavar="USD",
         help="the model's input price in USD per million tokens, over the known prices (with "
         "--price-out)",
@@ -233,20 +229,25 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--price-out",
         type=_bounded(float, 0),
-        default=None,
         metavar="USD",
         help="the model's output price in USD per million tokens (with --price-in)",
     )
     build.add_argument(
-        "--max-cost", type=_POSITIVE, default=None, metavar="USD", help="stop before spending more"
+        "--max-cost", type=_POSITIVE, metavar="USD", help="stop before spending more"
     )
     build.add_argument(
         "--batch",
         action="store_true",
         help="use the provider's batch API (half price; an interrupted run resumes its batch)",
     )
+    build.add_argument("--batch-dir", type=Path, metavar="DIR", help="where batch state is kept")
     build.add_argument(
-        "--batch-dir", type=Path, default=None, metavar="DIR", help="where batch state is kept"
+        "--hallucinator-option",
+        dest="hallucinator_options",
+        type=_option,
+        action="append",
+        metavar="KEY=VALUE",
+        help="a constructor option of the hallucinator, VALUE read as YAML (repeatable)",
     )
     build.add_argument(
         "--allow-empty",
@@ -256,14 +257,12 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--max-image-bytes",
         type=_COUNT,
-        default=None,
         metavar="N",
         help="refuse image files larger than this (default 64 MiB)",
     )
     build.add_argument(
         "--max-image-pixels",
         type=_COUNT,
-        default=None,
         metavar="N",
         help="refuse images of more pixels than this (default 64,000,000)",
     )
@@ -275,7 +274,6 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--cache-dir",
         type=Path,
-        default=None,
         metavar="DIR",
         help="the reply cache (default: $POVIDGEN_CACHE_DIR or the user cache folder)",
     )
@@ -284,22 +282,38 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="neither read nor write the reply cache (every request is sent and paid for)",
     )
-    build.add_argument("--rpm", type=_POSITIVE, default=None, help="requests per minute at most")
-    build.add_argument("--tpm", type=_POSITIVE, default=None, help="tokens per minute at most")
+    build.add_argument("--rpm", type=_POSITIVE, help="requests per minute at most")
+    build.add_argument("--tpm", type=_POSITIVE, help="tokens per minute at most")
     build.add_argument(
         "--distorter",
-        default="diffusion",
         metavar="NAME",
-        help=f"registered distorter, or 'none' (installed: {', '.join(available_distorters())})",
+        help=f"registered distorter (default: diffusion), or 'none' "
+        f"(installed: {', '.join(available_distorters())})",
     )
-    build.add_argument("--noise-step", type=_bounded(int, 0, 999), default=500, metavar="T")
-    build.add_argument("--overflow", choices=["clamp", "wrap"], default="clamp")
-    build.add_argument("--demo-size", type=_COUNT, default=64, metavar="N")
-    build.add_argument("--concurrency", type=_COUNT, default=8, metavar="N")
+    build.add_argument(
+        "--noise-step",
+        type=_bounded(int, 0, 999),
+        metavar="T",
+        help="the distorter's option step (diffusion: default 500)",
+    )
+    build.add_argument(
+        "--overflow",
+        choices=["clamp", "wrap"],
+        help="the distorter's option overflow (diffusion: default clamp)",
+    )
+    build.add_argument(
+        "--distorter-option",
+        dest="distorter_options",
+        type=_option,
+        action="append",
+        metavar="KEY=VALUE",
+        help="a constructor option of the distorter, VALUE read as YAML (repeatable)",
+    )
+    build.add_argument("--demo-size", type=_COUNT, metavar="N", help="default: 64")
+    build.add_argument("--concurrency", type=_COUNT, metavar="N", help="default: 8")
     build.add_argument(
         "--workers",
         type=_COUNT,
-        default=None,
         metavar="N",
         help="threads decoding, distorting and encoding images (default: CPUs, at most 8)",
     )
@@ -311,24 +325,21 @@ def _parser() -> argparse.ArgumentParser:
     build.add_argument(
         "--num-shards",
         type=_COUNT,
-        default=1,
         metavar="N",
         help="split the input by id into N shares (one per machine; join them with merge)",
     )
     build.add_argument(
-        "--shard-index", type=_bounded(int, 0), default=0, metavar="I", help="the share to build"
+        "--shard-index", type=_bounded(int, 0), metavar="I", help="the share to build"
     )
     build.add_argument(
         "--shard-mb",
         type=_POSITIVE,
-        default=512,
         metavar="MB",
         help="an output file closes once it holds this many MiB (default 512)",
     )
     build.add_argument(
         "--shard-rows",
         type=_COUNT,
-        default=10_000,
         metavar="N",
         help="...or this many rows (default 10000)",
     )
@@ -336,7 +347,6 @@ def _parser() -> argparse.ArgumentParser:
         "--ray",
         nargs="?",
         const="auto",
-        default=None,
         metavar="ADDRESS",
         help="run the rows on a Ray cluster (default address 'auto'; needs povidgen[ray])",
     )
@@ -377,87 +387,76 @@ def _parser() -> argparse.ArgumentParser:
     distort.set_defaults(run=_distort)
 
     train_command.add_parser(commands)
+    eval_command.add_parser(commands)
     export_command.add_parser(commands)
     push_command.add_parser(commands)
     scenes_command.add_parser(commands)
     return parser
 
 
-def _build(args: argparse.Namespace) -> int:
-    from povidgen.sources.images import ImageLimits
+def _option(text: str) -> tuple[str, Any]:
+    """An argparse type: ``KEY=VALUE``, the value read as YAML."""
+    from povidgen.pairs.build_config import parse_option
 
-    limits = ImageLimits(
-        **{
-            name: value
-            for name, value in (
-                ("max_bytes", args.max_image_bytes),
-                ("max_pixels", args.max_image_pixels),
-            )
-            if value is not None
-        },
-        # only a folder the user named confines the paths; the dataset's own folder merely
-        # resolves relative ones
-        confine=args.image_folder is not None and not args.allow_outside_image_folder,
-    )
-    if args.demo and (args.config or args.revision or args.streaming or args.split):
-        raise PovidgenError("--config, --revision, --split and --streaming need --dataset")
-    inputs = [p for p in (args.dataset, args.image_folder) if p is not None and p.exists()]
+    try:
+        return parse_option(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _build_config(args: argparse.Namespace) -> BuildConfig:
+    """The build's settings: ``--config``'s file, with the flags given over it."""
+    given = {k: v for k, v in vars(args).items() if k in BuildConfig.model_fields}
+    for key in ("hallucinator_options", "distorter_options"):
+        if key in given:  # KEY=VALUE pairs, the last of a key winning
+            given[key] = dict(given[key])
+    return BuildConfig.resolve(getattr(args, "config", None), given)
+
+
+def _build(args: argparse.Namespace) -> int:
+    config = _build_config(args)
+    inputs = [p for p in (config.dataset, config.image_folder) if p is not None and p.exists()]
     # before any work; checked again under the lock and when a shard is written
-    OutputFolder(args.out, overwrite=args.overwrite, inputs=inputs).check()
-    if args.demo:
+    OutputFolder(config.out, overwrite=config.overwrite, inputs=inputs).check()
+    if config.demo:
         from povidgen.sources.demo import demo_dataset
 
-        dataset = demo_dataset(n=args.demo_size, seed=args.seed)
-        source = f"demo(n={args.demo_size}, seed={args.seed})"
-        image_column, prompt_column, answer_column, id_column = "image", "question", "answer", "id"
-        image_folder = None
+        dataset = demo_dataset(n=config.demo_size, seed=config.seed)
+        source = f"demo(n={config.demo_size}, seed={config.seed})"
+        image_column, prompt_column, answer_column = "image", "question", "answer"
+        id_column: str | None = "id"
+        image_folder: Path | None = None
     else:
         from povidgen.sources.hub import open_input
 
+        assert config.dataset is not None  # BuildConfig requires demo or dataset
         with _datasets_progress(sys.stderr.isatty()):
             opened = open_input(
-                args.dataset,
-                config=args.config,
-                split=args.split,
-                streaming=args.streaming,
-                revision=args.revision,
+                config.dataset,
+                config=config.dataset_config,
+                split=config.split,
+                streaming=config.streaming,
+                revision=config.revision,
             )
         dataset, source = opened.dataset, opened.source
-        image_column, prompt_column = args.image_column, args.prompt_column
-        answer_column, id_column = args.answer_column, args.id_column
+        image_column, prompt_column = config.image_column, config.prompt_column
+        answer_column, id_column = config.answer_column, config.id_column
         if id_column is None and "conversations" in (dataset.column_names or ()):
             id_column = "id"
-        image_folder = args.image_folder
+        image_folder = config.image_folder
         if image_folder is None:
             image_folder = opened.image_folder
-    if args.limit is not None:
+    if config.limit is not None:
         if isinstance(dataset, datasets.IterableDataset):
-            dataset = dataset.take(args.limit)
+            dataset = dataset.take(config.limit)
         else:
-            dataset = dataset.select(range(min(args.limit, len(dataset))))
-        source += f" (first {args.limit} rows)"
+            dataset = dataset.select(range(min(config.limit, len(dataset))))
+        source += f" (first {config.limit} rows)"
 
-    distorter: Distorter | None = None
-    if args.distorter != "none":
-        options = {"step": args.noise_step, "overflow": args.overflow}
-        distorter = get_distorter(
-            args.distorter, **(options if args.distorter == "diffusion" else {})
-        )
-    if args.provider == "transformers" and (args.model is None or not Path(args.model).is_dir()):
-        raise PovidgenError(
-            f"--model {args.model}: the transformers provider needs a local model folder "
-            "(nothing is downloaded)"
-        )
-    try:
-        hallucinator = get_hallucinator(args.provider, **_provider_options(args))
-    except (ValueError, TypeError, ImportError, OSError) as error:  # settings, keys, extras
-        raise PovidgenError(f"cannot set up the {args.provider!r} provider: {error}") from error
-    if args.shard_index >= args.num_shards:
-        raise PovidgenError(
-            f"--shard-index {args.shard_index} must be less than --num-shards {args.num_shards}"
-        )
+    distorter = config.create_distorter()
+    hallucinator = config.create_hallucinator()
     batch_size = 64
-    if args.batch:  # a batch API takes the whole run in one submission (OpenAI allows 50,000)
+    if config.batch:  # a batch API takes the whole run in one submission (OpenAI allows 50,000)
         rows = len(dataset) if isinstance(dataset, datasets.Dataset) else 50_000
         batch_size = min(max(rows, 1), 50_000)
     builder = PairBuilder.from_dataset(
@@ -468,45 +467,50 @@ def _build(args: argparse.Namespace) -> int:
         prompt_column=prompt_column,
         answer_column=answer_column,
         id_column=id_column,
-        seed=args.seed,
+        seed=config.seed,
         image_folder=image_folder,
-        concurrency=args.concurrency,
+        concurrency=config.concurrency,
         batch_size=batch_size,
-        image_limits=limits,
-        store_rejected_images=not args.no_rejected_images,
-        num_shards=args.num_shards,
-        shard_index=args.shard_index,
-        workers=args.workers,
-        shard_limits=ShardLimits(max_bytes=int(args.shard_mb * 2**20), max_rows=args.shard_rows),
+        image_limits=config.image_limits(),
+        store_rejected_images=not config.no_rejected_images,
+        num_shards=config.num_shards,
+        shard_index=config.shard_index,
+        workers=config.workers,
+        shard_limits=config.shard_limits(),
         source=source,
-        ray_address=args.ray,
-        turns=args.turns,
+        ray_address=config.ray,
+        turns=config.turns,
     )
+    out = config.out
     try:
         with _terminate_as_interrupt():
             report = builder.run(
-                args.out,
-                overwrite=args.overwrite,
-                allow_empty=args.allow_empty,
+                out,
+                overwrite=config.overwrite,
+                allow_empty=config.allow_empty,
                 progress=True,
                 inputs=inputs,
             )
     except KeyboardInterrupt as interrupt:
+        # what was finished is this build's: its settings go beside it, for the resume
+        config.write_beside(out, builder.configuration())
         print(
-            f"\npovidgen: build interrupted; what was finished is in {args.out}. Run the same "
+            f"\npovidgen: build interrupted; what was finished is in {out}. Run the same "
             "command again to resume (replies already received are not paid for again).",
             file=sys.stderr,
         )
         return 143 if isinstance(interrupt, _Terminated) else 130
     except OSError as error:  # a full disk, a folder removed under the run
-        raise PovidgenError(f"cannot write {args.out}: {error}") from error
+        raise PovidgenError(f"cannot write {out}: {error}") from error
     if report.already_complete:
         print(
-            f"{args.out} already holds this build, finished ({report.pairs} pairs); nothing to "
+            f"{out} already holds this build, finished ({report.pairs} pairs); nothing to "
             "do (--overwrite builds it again)"
         )
         return 0
-    _print_report(report, builder, args.out)
+    if not report.kept_earlier:
+        config.write_beside(out, builder.configuration())
+    _print_report(report, builder, out)
     if report.stopped is not None:
         print(
             f"povidgen: the run stopped early: {report.stopped}. Run the same command again to "
@@ -598,67 +602,6 @@ def _merge(args: argparse.Namespace) -> int:
     print(f"pairs:        {report.pairs}")
     print(f"rows failed:  {report.failed}")
     return 0 if report.pairs else 1
-
-
-def _provider_options(args: argparse.Namespace) -> dict[str, object]:
-    """Constructor options for the chosen hallucinator from the provider flags."""
-    if args.provider != "rule" and args.word_lists:
-        raise PovidgenError("--word-lists: only for the 'rule' provider")
-    if args.provider == "rule":
-        given = [
-            flag
-            for flag, value in (
-                ("--model", args.model),
-                ("--base-url", args.base_url),
-                ("--max-cost", args.max_cost),
-                ("--api-key-env", args.api_key_env),
-                ("--price-in", args.price_in is not None),
-                ("--price-out", args.price_out is not None),
-                ("--rpm", args.rpm),
-                ("--tpm", args.tpm),
-                ("--cache-dir", args.cache_dir),
-                ("--no-cache", args.no_cache),
-            )
-            if value
-        ]
-        if given:
-            raise PovidgenError(f"{', '.join(given)}: only for model providers, not 'rule'")
-        if not args.word_lists:
-            return {}
-        for path in args.word_lists:
-            if not path.is_file():
-                raise PovidgenError(f"--word-lists {path}: no such file")
-        return {"word_lists": list(args.word_lists)}
-    options: dict[str, object] = {}
-    if args.model is not None:
-        options["model"] = args.model
-    if args.base_url is not None:
-        options["base_url"] = args.base_url
-    for key, value in (
-        ("max_cost_usd", args.max_cost),
-        ("requests_per_minute", args.rpm),
-        ("tokens_per_minute", args.tpm),
-        ("batch_dir", args.batch_dir),
-        ("cache_dir", args.cache_dir),
-    ):
-        if value is not None:
-            options[key] = value
-    if args.no_cache:
-        options["cache"] = False
-    if args.api_key_env is not None:
-        options["api_key_env"] = args.api_key_env
-    if (args.price_in is None) != (args.price_out is None):
-        raise PovidgenError("--price-in and --price-out go together (USD per million tokens)")
-    if args.price_in is not None:
-        from povidgen.hallucinate.pricing import ModelPrice
-
-        if args.model is None:
-            raise PovidgenError("--price-in and --price-out need --model (the model they price)")
-        price = ModelPrice(input_per_mtok=args.price_in, output_per_mtok=args.price_out)
-        options["prices"] = {args.model: price}
-    if args.batch:
-        options["mode"] = "batch"
-    return options
 
 
 def _preview(args: argparse.Namespace) -> int:

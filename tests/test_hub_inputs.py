@@ -1,5 +1,6 @@
 """Inputs through ``datasets.load_dataset``: ``--dataset`` and ``PairBuilder.from_dataset`` take
-a Hub id or a local folder of data files, with ``--config``, ``--split`` and ``--streaming``.
+a Hub id or a local folder of data files, with ``--dataset-config``, ``--split`` and
+``--streaming``.
 
 Nothing goes to the network (``HF_HUB_OFFLINE=1``, see conftest): local folders of parquet and
 JSON Lines files take the same code path as a Hub id, and an id that is not cached is a one-line
@@ -106,7 +107,10 @@ def test_a_missing_split_is_a_one_line_error_listing_the_splits(
     error = capsys.readouterr().err
     assert error.count("\n") == 1
     assert "has no split 'dev'; its splits are: validation, test" in error
-    assert main(["build", "--dataset", str(folder), "--config", "nope", "--out", str(out)]) == 2
+    assert (
+        main(["build", "--dataset", str(folder), "--dataset-config", "nope", "--out", str(out)])
+        == 2
+    )
     error = capsys.readouterr().err
     assert error.count("\n") == 1
     assert f"load_dataset('{folder.resolve()}', name='nope') failed" in error
