@@ -15,6 +15,8 @@
 
 from povidgen.eval.bootstrap import Interval, bootstrap_interval
 from povidgen.eval.chair import CaptionChair, ChairResult, chair
+from povidgen.eval.evaluate import CHAIR_PROMPT, evaluate_chair, evaluate_pope
+from povidgen.eval.generate import Generate, hf_generate
 from povidgen.eval.pope import (
     POPE_TEMPLATE,
     PopeQuestion,
@@ -28,10 +30,12 @@ from povidgen.eval.vocabulary import SCENE_VOCABULARY, Vocabulary
 from povidgen.eval.words import singularize
 
 __all__ = [
+    "CHAIR_PROMPT",
     "POPE_TEMPLATE",
     "SCENE_VOCABULARY",
     "CaptionChair",
     "ChairResult",
+    "Generate",
     "Interval",
     "PopeQuestion",
     "PopeResult",
@@ -39,6 +43,9 @@ __all__ = [
     "Vocabulary",
     "bootstrap_interval",
     "chair",
+    "evaluate_chair",
+    "evaluate_pope",
+    "hf_generate",
     "parse_yes_no",
     "pope",
     "pope_questions",

@@ -196,11 +196,14 @@ class PopeResult:
     Attributes:
         accuracy, precision, recall, f1, yes_ratio: in ``[0, 1]`` (see the module).
         tp, fp, tn, fn: the confusion counts, yes the positive class.
+        answers: the answers as given.
         predictions: the parsed answers, ``True`` for yes, in input order.
         labels: the labels, ``True`` for yes.
         intervals: ``{figure: Interval}``, percentile bootstrap over the resampling units
             (images when ``groups`` was given, otherwise questions).
         confidence, resamples, seed: how the intervals were made.
+        questions: the questions asked, when known (:func:`~povidgen.eval.evaluate_pope`
+            fills them in; :func:`pope` leaves them empty).
     """
 
     accuracy: float
@@ -212,12 +215,14 @@ class PopeResult:
     fp: int
     tn: int
     fn: int
+    answers: tuple[str, ...] = field(repr=False)
     predictions: tuple[bool, ...] = field(repr=False)
     labels: tuple[bool, ...] = field(repr=False)
     intervals: Mapping[str, Interval]
     confidence: float = DEFAULT_CONFIDENCE
     resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
+    questions: tuple[PopeQuestion, ...] = field(default=(), repr=False)
 
     @property
     def n(self) -> int:
@@ -229,7 +234,21 @@ class PopeResult:
         return {name: float(getattr(self, name)) for name in POPE_FIGURES}
 
     def to_dict(self) -> dict[str, Any]:
-        """Figures, intervals, counts and settings, JSON-ready."""
+        """Figures, intervals, counts, settings and per-answer detail, JSON-ready."""
+        items = []
+        for i, (answer, said, truth) in enumerate(
+            zip(self.answers, self.predictions, self.labels, strict=True)
+        ):
+            item: dict[str, Any] = {"answer": answer, "predicted": said, "label": truth}
+            if self.questions:
+                question = self.questions[i]
+                item = {
+                    "image_index": question.image_index,
+                    "object": question.object,
+                    "question": question.question,
+                    **item,
+                }
+            items.append(item)
         return {
             "figures": self.figures(),
             "intervals": {k: {"low": v.low, "high": v.high} for k, v in self.intervals.items()},
@@ -237,6 +256,7 @@ class PopeResult:
             "resamples": self.resamples,
             "seed": self.seed,
             "counts": {"tp": self.tp, "fp": self.fp, "tn": self.tn, "fn": self.fn, "n": self.n},
+            "answers": items,
         }
 
 
@@ -306,6 +326,7 @@ def pope(
         fp=fp,
         tn=tn,
         fn=fn,
+        answers=tuple(answers),
         predictions=said,
         labels=truth,
         intervals=intervals,
