@@ -21,7 +21,6 @@ from povidgen import __version__
 from povidgen.convert import command as export_command
 from povidgen.errors import PovidgenError
 from povidgen.eval import command as eval_command
-from povidgen.eval import command as eval_command
 from povidgen.hub import command as push_command
 from povidgen.pairs.build_config import BuildConfig
 from povidgen.pairs.builder import BuildReport, PairBuilder
@@ -388,7 +387,6 @@ def _parser() -> argparse.ArgumentParser:
     distort.set_defaults(run=_distort)
 
     train_command.add_parser(commands)
-    eval_command.add_parser(commands)
     eval_command.add_parser(commands)
     export_command.add_parser(commands)
     push_command.add_parser(commands)
