@@ -43,6 +43,7 @@ from povidgen.hallucinate.prompts import PromptConfig
 from povidgen.hallucinate.rule import RuleHallucinator
 from povidgen.hallucinate.transformers_local import TransformersHallucinator
 from povidgen.hub import publish
+from povidgen.pairs.build_config import BuildConfig
 from povidgen.pairs.builder import BuildReport, PairBuilder
 from povidgen.pairs.merge import MergeReport, merge_builds
 from povidgen.pairs.output import OutputFolderError
@@ -74,6 +75,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "AnthropicHallucinator",
     "BudgetExceededError",
+    "BuildConfig",
     "BuildReport",
     "ColorJitter",
     "Compose",

@@ -7,6 +7,7 @@ import povidgen
 EXPECTED = [
     "AnthropicHallucinator",
     "BudgetExceededError",
+    "BuildConfig",
     "BuildReport",
     "ColorJitter",
     "Compose",

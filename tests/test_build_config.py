@@ -348,6 +348,10 @@ def test_a_mapping_becomes_the_pydantic_model_the_constructor_takes(tmp_path: Pa
             "cannot set up the 'rule' provider: min_edits must be an int, got True",
         ),
         (["--rpm", "10"], "--rpm: only for model providers, not 'rule'"),
+        (
+            ["--price-in", "0", "--price-out", "0"],
+            "--price-in, --price-out: only for model providers, not 'rule'",
+        ),
         (["--hallucinator-option", "nokey"], "expected KEY=VALUE"),
         (["--distorter-option", "a=[1"], "not a YAML value"),
     ],

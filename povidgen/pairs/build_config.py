@@ -291,7 +291,9 @@ class BuildConfig(BaseModel):
             model_flags = [
                 flag
                 for key, (flag, _) in _HALLUCINATOR_SHORTHANDS.items()
-                if key != "word_lists" and getattr(self, key) not in (None, False)
+                if key != "word_lists"
+                and getattr(self, key) is not None
+                and getattr(self, key) is not False
             ]
             if model_flags:
                 raise BuildConfigError(
