@@ -62,8 +62,9 @@ from povidgen.eval.chair import CHAIR_FIGURES, ChairResult, resolve_vocabulary
 from povidgen.eval.evaluate import CHAIR_PROMPT, evaluate_chair, evaluate_pope
 from povidgen.eval.generate import Generate, check_model_folder, hf_generate
 from povidgen.eval.ground_truth import GroundTruth, load_ground_truth, read_vocabulary
-from povidgen.eval.pope import POPE_FIGURES, STRATEGIES, PopeResult
+from povidgen.eval.pope import POPE_FIGURES, STRATEGIES, PopeResult, pope_questions
 from povidgen.eval.report import plot_figures, write_report
+from povidgen.eval.vocabulary import SCENE_VOCABULARY
 
 __all__ = ["add_parser", "run"]
 
@@ -95,6 +96,12 @@ def add_parser(subcommands: argparse._SubParsersAction[Any]) -> None:
         metavar="DIR",
         help="a folder with ground_truth.jsonl (image, objects) and the images; optional "
         "vocabulary.json (see docs/eval.md)",
+    )
+    parser.add_argument(
+        "--split",
+        default=None,
+        metavar="NAME",
+        help="of a save_to_disk DatasetDict given as --data (default: test, or the only split)",
     )
     parser.add_argument("--metric", choices=["chair", "pope"], required=True)
     parser.add_argument(
@@ -133,11 +140,11 @@ def add_parser(subcommands: argparse._SubParsersAction[Any]) -> None:
     )
     parser.add_argument(
         "--vocabulary",
-        type=Path,
         default=None,
-        metavar="FILE.json",
-        help="{word: category} for CHAIR and POPE (default: the data's vocabulary.json, else "
-        "CHAIR's COCO vocabulary)",
+        metavar="coco|scenes|FILE.json",
+        help="CHAIR's objects and POPE's absent candidates: coco (CHAIR's COCO synonyms), "
+        "scenes (the demo scenes' eight objects) or a {word: category} JSON file (default: "
+        "the data's vocabulary.json, else coco)",
     )
     parser.add_argument(
         "--batch-size", type=int, default=8, metavar="N", help="prompts per generate call"
@@ -184,23 +191,32 @@ def _check_settings(args: argparse.Namespace) -> None:
 
 
 def _load_data(args: argparse.Namespace) -> tuple[GroundTruth, dict[str, str] | None, str]:
-    """The ground truth (cut to ``--limit``), the vocabulary table and its name."""
+    """The ground truth (all of it: ``--limit`` is applied later), the vocabulary table and
+    its name."""
     try:
-        data = load_ground_truth(args.data)
+        data = load_ground_truth(args.data, split=args.split)
     except InputError as error:
         raise PovidgenError(f"--data {error}") from error
-    if args.limit is not None:
-        data = GroundTruth(data.source, data.images[: args.limit], data.vocabulary)
     table, name = data.vocabulary, ("vocabulary.json" if data.vocabulary else "coco")
-    if args.vocabulary is not None:
+    if args.vocabulary == "coco":
+        table, name = None, "coco"
+    elif args.vocabulary == "scenes":
+        table, name = dict(SCENE_VOCABULARY), "scenes"
+    elif args.vocabulary is not None:
+        file = Path(args.vocabulary)
         try:
-            table = read_vocabulary(args.vocabulary) if args.vocabulary.is_file() else None
+            table = read_vocabulary(file) if file.is_file() else None
         except InputError as error:
             raise PovidgenError(f"--vocabulary {error}") from error
         if table is None:
-            raise PovidgenError(f"--vocabulary {args.vocabulary}: no such file")
-        name = str(args.vocabulary)
+            raise PovidgenError(f"--vocabulary {file}: no such file (or use coco or scenes)")
+        name = str(file)
     return data, table, name
+
+
+def _where(image: Path | bytes) -> str | None:
+    """An image's file for the report (``None`` for an image stored in a dataset)."""
+    return str(image) if isinstance(image, Path) else None
 
 
 def _check_out(args: argparse.Namespace) -> Path:
@@ -247,7 +263,23 @@ def run(args: argparse.Namespace) -> int:
     Bad input raises :class:`PovidgenError` (the CLI prints it on one line, exit code 2).
     """
     _check_settings(args)
-    data, table, vocabulary_name = _load_data(args)
+    full, table, vocabulary_name = _load_data(args)
+    # POPE's questions come from all the annotations (popularity, co-occurrence), so that
+    # --limit N asks the first N images what the whole run would ask them
+    questions = None
+    if args.metric == "pope":
+        questions = pope_questions(
+            [item.objects for item in full.images],
+            vocabulary=sorted(set(table.values())) if table is not None else None,
+            n_per_image=args.n_per_image,
+            strategy=args.strategy,
+            seed=args.seed,
+        )
+    data = full
+    if args.limit is not None:
+        data = GroundTruth(full.source, full.images[: args.limit], full.vocabulary)
+        if questions is not None:
+            questions = [q for q in questions if q.image_index < args.limit]
     objects = [list(item.objects) for item in data.images]
     vocabulary = resolve_vocabulary(table) if table is not None else None
     if args.metric == "chair":
@@ -257,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
                 vocab.categories_of(item.objects)
         except ValueError as error:
             raise PovidgenError(f"--data {data.source}: {error}") from error
-    elif not any(objects):
+    elif not questions:
         raise PovidgenError(f"--data {data.source}: no image has an object to ask POPE about")
     out = _check_out(args)
     _check_model(args.model)
@@ -293,19 +325,18 @@ def run(args: argparse.Namespace) -> int:
         finally:
             counting.close()
         items = [
-            {"id": item.id, "image": str(item.image), **detail.to_dict()}
+            {"id": item.id, "image": _where(item.image), **detail.to_dict()}
             for item, detail in zip(data.images, result.captions, strict=True)
         ]
     else:
-        counting = _Counting(generate, 2 * args.n_per_image * len(images), "question")
+        assert questions is not None
+        counting = _Counting(generate, len(questions), "question")
         try:
             result = evaluate_pope(
                 counting,
                 images,
                 objects,
-                strategy=args.strategy,
-                n_per_image=args.n_per_image,
-                vocabulary=sorted(set(table.values())) if table is not None else None,
+                questions=questions,
                 chunk_size=args.batch_size,
                 resamples=args.resamples,
                 confidence=args.confidence,
@@ -314,7 +345,11 @@ def run(args: argparse.Namespace) -> int:
         finally:
             counting.close()
         items = [
-            {"id": data.images[answer["image_index"]].id, **answer}
+            {
+                "id": data.images[answer["image_index"]].id,
+                "image": _where(data.images[answer["image_index"]].image),
+                **answer,
+            }
             for answer in result.to_dict()["answers"]
         ]
     seconds = time.monotonic() - started

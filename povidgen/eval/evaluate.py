@@ -2,8 +2,8 @@
 
 Both take the model as a :data:`~povidgen.eval.generate.Generate` callable, so any model
 works: :func:`~povidgen.eval.hf_generate` for a local Hugging Face VLM, or a function that
-calls an API. Images may be PIL images or file paths; paths are opened ``chunk_size`` at a
-time, so a large set never sits in memory whole.
+calls an API. Images may be PIL images, file paths or encoded bytes; those are decoded
+``chunk_size`` at a time, so a large set never sits in memory whole.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from PIL import Image
 from povidgen.eval.bootstrap import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES
 from povidgen.eval.chair import ChairResult, chair, resolve_vocabulary
 from povidgen.eval.generate import Generate
-from povidgen.eval.pope import PopeResult, Strategy, pope, pope_questions
+from povidgen.eval.pope import PopeQuestion, PopeResult, Strategy, pope, pope_questions
 from povidgen.eval.vocabulary import Vocabulary
 from povidgen.sources.images import open_image
 
@@ -26,8 +26,8 @@ __all__ = ["CHAIR_PROMPT", "ImageInput", "evaluate_chair", "evaluate_pope"]
 CHAIR_PROMPT = "Describe this image in detail."
 """The caption prompt of :func:`evaluate_chair` (LLaVA-style CHAIR evaluations use it)."""
 
-ImageInput = Image.Image | str | os.PathLike[str]
-"""An image, or the path of an image file."""
+ImageInput = Image.Image | str | os.PathLike[str] | bytes
+"""An image, the path of an image file, or an encoded image (PNG, JPEG... bytes)."""
 
 
 def _run(
@@ -97,6 +97,7 @@ def evaluate_pope(
     strategy: Strategy = "random",
     n_per_image: int = 3,
     vocabulary: Iterable[str] | None = None,
+    questions: Sequence[PopeQuestion] | None = None,
     chunk_size: int = 32,
     resamples: int = DEFAULT_RESAMPLES,
     confidence: float = DEFAULT_CONFIDENCE,
@@ -107,15 +108,23 @@ def evaluate_pope(
     The bootstrap resamples images (each image's questions together). The result's
     ``questions`` and ``answers`` hold what was asked and answered.
 
+    Args:
+        questions: ask these instead (their ``image_index`` into ``images``), e.g. the
+            questions of a larger annotation set kept for the images evaluated; then
+            ``strategy``, ``n_per_image`` and ``vocabulary`` are not used.
+
     Raises:
-        ValueError: ``images`` and ``objects`` differ in length, or no image has an object
-            to ask about.
+        ValueError: ``images`` and ``objects`` differ in length, no image has an object to
+            ask about, or a question's image is not in ``images``.
     """
     if len(images) != len(objects):
         raise ValueError(f"{len(images)} images but {len(objects)} object lists")
-    questions = pope_questions(
-        objects, vocabulary=vocabulary, n_per_image=n_per_image, strategy=strategy, seed=seed
-    )
+    if questions is None:
+        questions = pope_questions(
+            objects, vocabulary=vocabulary, n_per_image=n_per_image, strategy=strategy, seed=seed
+        )
+    elif any(not 0 <= q.image_index < len(images) for q in questions):
+        raise ValueError(f"a question's image_index is not one of the {len(images)} images")
     if not questions:
         raise ValueError("no POPE question to ask: no image has an object (and an absent one)")
     answers = _run(

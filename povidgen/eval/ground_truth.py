@@ -28,14 +28,23 @@ its categories the objects that POPE may ask about as absent (default: every obj
 
 ``--data`` may also name the ``.jsonl`` file itself (any name); ``vocabulary.json`` is then
 looked for beside it.
+
+A ``datasets`` ``save_to_disk`` folder (a ``Dataset`` or a ``DatasetDict``, such as ``povidgen
+scenes`` writes) serves too, when it has an ``image`` column (``datasets.Image``) and an
+``objects`` column (lists of strings). Of a ``DatasetDict`` the ``test`` split is read unless
+``split`` names another (or it has a single split). Rows of the same image are one image: the
+same ``scene_id`` when the column exists, else the same image bytes; ``id`` is the
+``scene_id``, else the row's ``id``. A ``vocabulary.json`` inside the folder is read as above.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from povidgen.errors import InputError
 
@@ -56,10 +65,11 @@ VOCABULARY = "vocabulary.json"
 
 @dataclass(frozen=True)
 class GroundTruthImage:
-    """One image of the evaluation data: its id, file and present objects."""
+    """One image of the evaluation data: its id, its file (or encoded bytes, for a dataset
+    folder) and its present objects."""
 
     id: str
-    image: Path
+    image: Path | bytes
     objects: tuple[str, ...]
 
 
@@ -72,19 +82,28 @@ class GroundTruth:
     vocabulary: dict[str, str] | None
 
 
-def load_ground_truth(path: str | os.PathLike[str]) -> GroundTruth:
-    """Read a data folder (or its ``.jsonl`` file) as described in the module.
+def load_ground_truth(path: str | os.PathLike[str], *, split: str | None = None) -> GroundTruth:
+    """Read a data folder (or its ``.jsonl`` file, or a ``save_to_disk`` folder) as described
+    in the module.
 
     Every image file is checked to exist; nothing is decoded.
 
     Raises:
         InputError: a missing folder or file, a line that is not a JSON object, a missing or
             malformed ``image`` or ``objects``, an image that is not a file, one image given
-            different objects, no image at all, or a malformed ``vocabulary.json``.
+            different objects, no image at all, a malformed ``vocabulary.json``, or a
+            ``split`` that the data does not have.
     """
     given = Path(path)
     if not given.exists():
         raise InputError(f"{given}: no such folder or file")
+    saved = given.is_dir() and any(
+        (given / name).is_file() for name in ("dataset_info.json", "dataset_dict.json")
+    )
+    if saved:
+        return _load_saved(given, split)
+    if split is not None:
+        raise InputError(f"{given}: a split is only for a save_to_disk dataset folder")
     source = given / GROUND_TRUTH if given.is_dir() else given
     if not source.is_file():
         raise InputError(
@@ -137,6 +156,67 @@ def load_ground_truth(path: str | os.PathLike[str]) -> GroundTruth:
     if not by_path:
         raise InputError(f"{source} lists no image")
     return GroundTruth(source, tuple(by_path.values()), read_vocabulary(root / VOCABULARY))
+
+
+def _load_saved(folder: Path, split: str | None) -> GroundTruth:
+    """The images of a ``save_to_disk`` folder, one per ``scene_id`` (or per image bytes)."""
+    import datasets
+    import datasets.exceptions
+
+    try:
+        loaded: Any = datasets.load_from_disk(str(folder))
+    except (OSError, ValueError, datasets.exceptions.DatasetsError) as error:
+        raise InputError(f"{folder}: cannot read it: {' '.join(str(error).split())}") from error
+    if isinstance(loaded, datasets.DatasetDict):
+        names = sorted(loaded)
+        if split is None:
+            split = "test" if "test" in loaded or len(loaded) != 1 else names[0]
+        if split not in loaded:
+            raise InputError(f"{folder} has no split {split!r}; it holds: {', '.join(names)}")
+        loaded = loaded[split]
+    elif split is not None:
+        raise InputError(f"{folder} holds a single dataset, not splits; drop the split")
+    columns = list(loaded.column_names)
+    missing = [c for c in ("image", "objects") if c not in columns]
+    if missing:
+        raise InputError(
+            f"{folder}: missing the column(s) {', '.join(missing)}; it has {', '.join(columns)}"
+        )
+    image_feature = loaded.features["image"]
+    if not isinstance(image_feature, datasets.Image):
+        raise InputError(f"{folder}: the 'image' column is not a datasets.Image column")
+    keep = [c for c in ("image", "objects", "scene_id", "id") if c in columns]
+    rows = loaded.select_columns(keep).cast_column("image", datasets.Image(decode=False))
+    by_key: dict[str, GroundTruthImage] = {}
+    for number, row in enumerate(rows):
+        where = f"{folder} row {number}"
+        cell, objects = row["image"], row["objects"]
+        data = cell.get("bytes") if isinstance(cell, dict) else None
+        if not data and isinstance(cell, dict) and cell.get("path"):
+            file = Path(cell["path"])
+            if not file.is_file():
+                raise InputError(f"{where}: image {cell['path']!r} is not a file")
+            data = file.read_bytes()
+        if not data:
+            raise InputError(f"{where}: the row has no image")
+        if not isinstance(objects, list) or not all(isinstance(o, str) for o in objects):
+            raise InputError(f"{where}: 'objects' must be a list of strings")
+        key = str(row["scene_id"]) if row.get("scene_id") else hashlib.sha1(data).hexdigest()
+        name = row.get("scene_id") or row.get("id") or f"row-{number}"
+        entry = GroundTruthImage(
+            id=str(name),
+            image=bytes(data),
+            objects=tuple(dict.fromkeys(" ".join(o.split()) for o in objects if o.strip())),
+        )
+        earlier = by_key.get(key)
+        if earlier is None:
+            by_key[key] = entry
+        elif set(earlier.objects) != set(entry.objects):
+            raise InputError(f"{where}: image {entry.id!r} was listed earlier with other objects")
+    if not by_key:
+        raise InputError(f"{folder} holds no row")
+    source = folder / (split or "")
+    return GroundTruth(source, tuple(by_key.values()), read_vocabulary(folder / VOCABULARY))
 
 
 def read_vocabulary(path: Path) -> dict[str, str] | None:
