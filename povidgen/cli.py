@@ -456,7 +456,8 @@ def _build(args: argparse.Namespace) -> int:
     distorter = config.create_distorter()
     hallucinator = config.create_hallucinator()
     batch_size = 64
-    if config.batch:  # a batch API takes the whole run in one submission (OpenAI allows 50,000)
+    # a batch API takes the whole run in one submission (OpenAI allows 50,000)
+    if config.batch or config.hallucinator_options.get("mode") == "batch":
         rows = len(dataset) if isinstance(dataset, datasets.Dataset) else 50_000
         batch_size = min(max(rows, 1), 50_000)
     builder = PairBuilder.from_dataset(
