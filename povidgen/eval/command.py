@@ -22,7 +22,9 @@ Each line of ``ground_truth.jsonl`` names an image and the objects present in it
 
 ``image`` is relative to the folder; ``objects`` (a list of strings, may be empty) are COCO
 categories or synonyms, or words of ``vocabulary.json`` when there is one; ``id`` is optional;
-other keys are ignored; lines naming the same image are one image. ``vocabulary.json`` makes
+other keys are ignored; lines naming the same image are one image. A ``save_to_disk`` folder
+with ``image`` and ``objects`` columns (``povidgen scenes``' output) serves too, its ``test``
+split by default (``--split``). ``vocabulary.json`` makes
 CHAIR score with that vocabulary instead of COCO's and gives POPE the objects it may ask about
 as absent (default: every object named in ``ground_truth.jsonl``). ``--data`` may also name
 the ``.jsonl`` file itself. (Details: :mod:`povidgen.eval.ground_truth`, ``docs/eval.md``.)

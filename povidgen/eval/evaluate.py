@@ -42,10 +42,14 @@ def _run(
     texts: list[str] = []
     for start in range(0, len(prompts), chunk_size):
         stop = min(start + chunk_size, len(prompts))
-        batch = [
-            image if isinstance(image, Image.Image) else open_image(image).image
-            for image in images[start:stop]
-        ]
+        decoded: dict[int, Image.Image] = {}  # POPE asks several questions about one image
+        batch = []
+        for image in images[start:stop]:
+            if not isinstance(image, Image.Image):
+                if id(image) not in decoded:
+                    decoded[id(image)] = open_image(image).image
+                image = decoded[id(image)]
+            batch.append(image)
         answers = list(generate(batch, list(prompts[start:stop])))
         if len(answers) != stop - start:
             raise ValueError(f"generate returned {len(answers)} texts for {stop - start} prompts")
