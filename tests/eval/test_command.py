@@ -212,12 +212,15 @@ def test_bad_arguments_are_one_line(
 ) -> None:
     (tmp_path / "empty").mkdir()
     (tmp_path / "nodata").mkdir()
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
     model, data = str(inputs.model), str(inputs.data)
     cases = [
         (["--model", model, "--data", str(tmp_path / "missing")], "no such folder or file"),
         (["--model", model, "--data", str(tmp_path / "nodata")], "has no ground_truth.jsonl"),
         (["--model", str(tmp_path / "empty"), "--data", data], "not a Hugging Face model folder"),
         (["--model", str(tmp_path / "nope"), "--data", data], "--model"),
+        (["--model", str(tmp_path / "bert"), "--data", data], "bert: cannot load it"),
         (["--model", model, "--data", data, "--limit", "0"], "--limit must be at least 1"),
         (["--model", model, "--data", data, "--split", "test"], "only for a save_to_disk"),
         (["--model", model, "--data", data, "--vocabulary", "x.json"], "--vocabulary x.json"),
