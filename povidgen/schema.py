@@ -1,6 +1,7 @@
 """The data model: what flows from a source, through hallucinators and distorters, into pairs.
 
-* :class:`Example` is one input row: an image, a prompt and the correct answer.
+* :class:`Example` is one input row: an image, a prompt and the correct answer (and, for a
+  turn of a multi-turn conversation, the :class:`Exchange` s before it).
 * :class:`Hallucination` is a hallucinator's output: the corrupted answer plus typed
   :class:`Edit` records, each with the exact character span ``[start, end)`` of the injected
   text inside the corrupted answer, so ``rejected[start:end] == injected`` always holds.
@@ -24,6 +25,7 @@ __all__ = [
     "Edit",
     "EditKind",
     "Example",
+    "Exchange",
     "Hallucination",
     "PreferencePair",
     "Provenance",
@@ -55,6 +57,24 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
 
+class Exchange(_Model):
+    """One earlier exchange of a multi-turn conversation: a user question and the assistant's
+    answer, kept as context for a later turn (see :mod:`povidgen.sources.conversations`).
+
+    ``question`` holds no ``<image>`` placeholder: the image belongs to the first user message.
+    """
+
+    question: str
+    answer: str
+
+    @field_validator("question", "answer")
+    @classmethod
+    def _not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty or whitespace only")
+        return value
+
+
 class Example(_Model):
     """One input row.
 
@@ -66,6 +86,10 @@ class Example(_Model):
         metadata: free-form extra fields carried through to the caller.
         seed: the per-example seed; :class:`povidgen.PairBuilder` derives it from the global
             seed and ``id`` with :func:`povidgen.derive_seed`.
+        context: for turn ``k`` of a multi-turn conversation, its ``k`` earlier exchanges,
+            oldest first (the image goes with the first question); empty for a single turn.
+            ``prompt`` and ``answer`` are then turn ``k``'s question and answer: only the
+            answer is corrupted, the context is what the user and the assistant said before.
     """
 
     id: str = Field(min_length=1)
@@ -74,6 +98,7 @@ class Example(_Model):
     answer: str
     metadata: dict[str, Any] = Field(default_factory=dict)
     seed: int = 0
+    context: list[Exchange] = Field(default_factory=list)
 
     @field_validator("prompt", "answer")
     @classmethod
@@ -145,7 +170,9 @@ class Provenance(_Model):
     """How a pair was made: enough to make it again exactly.
 
     ``example_seed`` is the seed both the hallucinator and the distorter used for this row
-    (``derive_seed(seed, id)``).
+    (``derive_seed(seed, id)``). ``turn`` is set for pairs built from conversations (LLaVA
+    ``conversations`` records): the 0-based index of the exchange whose answer is ``chosen``,
+    which is also the number of earlier exchanges in the prompt; ``None`` for plain rows.
     """
 
     hallucinator: str
@@ -156,13 +183,16 @@ class Provenance(_Model):
     example_seed: int
     edits: list[Edit]
     povidgen_version: str
+    turn: int | None = Field(default=None, ge=0)
 
 
 class PreferencePair(_Model):
     """A finished preference pair: chosen is the correct answer, rejected the corrupted one.
 
     ``rejected_image`` is the distorted image when a distorter was used (the image-contrast
-    rejected of POVID stage 2, mDPO and SeVa), else ``None``.
+    rejected of POVID stage 2, mDPO and SeVa), else ``None``. ``context`` holds the earlier
+    exchanges of a multi-turn conversation (see :class:`Example`): the published prompt is
+    then ``user (image + first question), assistant, ..., user (prompt)``.
     """
 
     id: str
@@ -172,6 +202,7 @@ class PreferencePair(_Model):
     rejected: str
     rejected_image: Image.Image | None = None
     provenance: Provenance
+    context: list[Exchange] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _is_a_real_pair(self) -> PreferencePair:

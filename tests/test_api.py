@@ -20,6 +20,7 @@ EXPECTED = [
     "Edit",
     "EditKind",
     "Example",
+    "Exchange",
     "GaussianBlur",
     "GaussianNoise",
     "Hallucination",

@@ -51,6 +51,14 @@ from povidgen.pairs.shards import ERRORS, SUMMARY, ShardLimits, ShardWriter, loa
 from povidgen.pairs.trl_format import PNG_COMPRESS_LEVEL, pair_features, pair_to_row, png_bytes
 from povidgen.schema import Example, Hallucination, PreferencePair, Provenance, RowError, Stage
 from povidgen.seeding import derive_seed
+from povidgen.sources.conversations import (
+    CONVERSATIONS_COLUMN,
+    TURNS,
+    ConversationRows,
+    Turns,
+    turn_id,
+    turn_of,
+)
 from povidgen.sources.images import DEFAULT_LIMITS, ImageLimits, SourceImage, open_image
 
 __all__ = ["BuildReport", "PairBuilder"]
@@ -148,6 +156,7 @@ class PairBuilder:
         shard_limits: ShardLimits | None = None,
         source: str | None = None,
         ray_address: str | None = None,
+        turns: Turns = "first",
     ) -> None:
         if not isinstance(hallucinator, Hallucinator):
             raise TypeError(
@@ -165,6 +174,8 @@ class PairBuilder:
             )
         if workers is not None and workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        if turns not in TURNS:
+            raise ValueError(f"turns must be one of {', '.join(TURNS)}; got {turns!r}")
         self._rows = rows
         self.hallucinator = hallucinator
         self.distorter = distorter
@@ -184,6 +195,9 @@ class PairBuilder:
         self.shard_limits = shard_limits or ShardLimits()
         self.source = source if source is not None else _describe(rows)
         self.ray_address = ray_address
+        self.turns: Turns = turns
+        # rows split out of conversations: pairs carry provenance.turn (None otherwise)
+        self._conversations = isinstance(rows, ConversationRows)
         self._stopped: RunStoppedError | None = None
         self._loop: _LoopThread | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -222,6 +236,7 @@ class PairBuilder:
         split: str | None = None,
         streaming: bool = False,
         revision: str | None = None,
+        turns: Turns = "first",
     ) -> PairBuilder:
         """A builder over ``dataset``.
 
@@ -267,6 +282,13 @@ class PairBuilder:
             streaming: read a string ``dataset`` as an ``IterableDataset`` (nothing is
                 downloaded ahead; the progress bar has no total).
             revision: the Hub revision (branch, tag or commit) of a Hub id.
+            turns: for a dataset with a ``conversations`` column (LLaVA-style records, which
+                may hold several exchanges), the exchanges that become pairs: ``"first"``
+                (the default; what single-turn data and earlier versions give), ``"last"`` or
+                ``"all"``. The prompt and answer then come from the conversation, each later
+                exchange with the earlier ones as context and the id ``"<id>#turn<k>"``
+                (:mod:`povidgen.sources.conversations`); ``prompt_column`` and
+                ``answer_column`` need not exist. Plain rows ignore it.
 
         Raises:
             MissingColumnError: a named column is not in the dataset (the message lists those
@@ -294,11 +316,10 @@ class PairBuilder:
 
             hallucinator = RuleHallucinator()
         columns = _column_names(dataset)
-        wanted = {
-            "image": image_column,
-            "prompt": prompt_column,
-            "answer": answer_column,
-        }
+        conversational = columns is not None and CONVERSATIONS_COLUMN in columns
+        wanted = {"image": image_column}
+        if not conversational:  # else they are read from the conversations
+            wanted.update(prompt=prompt_column, answer=answer_column)
         if id_column is not None:
             wanted["id"] = id_column
         if columns is not None:
@@ -307,8 +328,14 @@ class PairBuilder:
                     raise MissingColumnError(role, column, columns)
         if isinstance(dataset, datasets.Dataset | datasets.IterableDataset):
             dataset = _without_image_decoding(dataset, image_column)
+        rows: Iterable[Mapping[str, Any]] = dataset
+        if conversational:
+            source = _describe(dataset) if source is None else source
+            rows = ConversationRows(
+                dataset, turns=turns, prompt_column=prompt_column, answer_column=answer_column
+            )
         return cls(
-            dataset,
+            rows,
             hallucinator=hallucinator,
             distorter=distorter,
             image_column=image_column,
@@ -327,6 +354,7 @@ class PairBuilder:
             shard_limits=shard_limits,
             source=source,
             ray_address=ray_address,
+            turns=turns,
         )
 
     # -- identity -----------------------------------------------------------------------------
@@ -359,6 +387,7 @@ class PairBuilder:
                 "max_pixels": self.image_limits.max_pixels,
                 "confine": self.image_limits.confine,
             },
+            "turns": self.turns,
         }
 
     def features(self) -> datasets.Features:
@@ -724,6 +753,10 @@ class PairBuilder:
                 error = InvalidExampleError(f"empty id in column {self.id_column!r}")
                 return _row_error(row_id, index, "input", error)
             row_id = str(raw_id)
+        turn = turn_of(row)
+        if turn is not None:  # a conversation's exchange: the record's id, and the turn
+            base = row_id if self.id_column is not None else f"row-{turn.record}"
+            row_id = turn_id(base, turn.turn)
         if row_id in seen:
             error = InvalidExampleError(
                 f"duplicate id {row_id!r} (first seen at row {seen[row_id]})"
@@ -778,6 +811,9 @@ class PairBuilder:
         def fail(stage: Stage, error: BaseException | str) -> RowError:
             return _row_error(row_id, index, stage, error)
 
+        turn = turn_of(row)
+        if turn is not None and turn.error is not None:
+            return fail("input", InvalidExampleError(turn.error))
         prompt, answer = row[self.prompt_column], row[self.answer_column]
         for role, value in (("prompt", prompt), ("answer", answer)):
             if not isinstance(value, str):
@@ -813,6 +849,7 @@ class PairBuilder:
             answer=answer,
             metadata={"index": index},
             seed=derive_seed(self.seed, row_id),
+            context=[] if turn is None else list(turn.context),
         )
         return _Pending(index, example, source)
 
@@ -853,7 +890,9 @@ class PairBuilder:
                     example_seed=example.seed,
                     edits=result.edits,
                     povidgen_version=self._params[2],
+                    turn=len(example.context) if self._conversations else None,
                 ),
+                context=example.context,
             )
         except ValidationError as error:
             reason = "; ".join(e["msg"] for e in error.errors())

@@ -59,6 +59,7 @@ from povidgen.pairs.builder import (
     _row_error,
 )
 from povidgen.schema import RowError
+from povidgen.sources.conversations import TURN_KEY
 
 __all__ = ["ray_outcomes"]
 
@@ -336,10 +337,11 @@ class _Feeder:
     def _pickled(self, index: int, row: Mapping[str, Any], row_id: str) -> bytes | RowError:
         builder = self.builder
         columns = (builder.image_column, builder.prompt_column, builder.answer_column)
+        cells = {c: row[c] for c in columns}
+        if TURN_KEY in row:  # a conversation's exchange: its context goes along
+            cells[TURN_KEY] = row[TURN_KEY]
         try:
-            return pickle.dumps(
-                (index, {c: row[c] for c in columns}, row_id), protocol=pickle.HIGHEST_PROTOCOL
-            )
+            return pickle.dumps((index, cells, row_id), protocol=pickle.HIGHEST_PROTOCOL)
         except Exception as error:  # noqa: BLE001 - a cell of any type may refuse pickling
             reason = f"the row cannot be sent to the Ray workers (not picklable: {error})"
             return _row_error(row_id, index, "input", InvalidExampleError(reason))

@@ -11,24 +11,29 @@ One row per pair::
     rejected_images  [Image]                       the distorted image (only with a distorter)
     provenance       {hallucinator, hallucinator_params (JSON), distorter, distorter_params
                       (JSON), seed, example_seed, edits: [{kind, original, injected, start, end}],
-                      povidgen_version}
+                      povidgen_version, turn}
 
 ``prompt``/``chosen``/``rejected`` are conversational messages with typed content parts, which
 is what ``trl.DPOTrainer`` expects for vision data; ``edits[i].start:end`` index the rejected
 text.
+
+A turn ``k > 0`` of a multi-turn conversation keeps the ``k`` exchanges before it in
+``prompt``, oldest first: ``[user (image, question 0), assistant (answer 0), ..., user
+(question k)]``; ``chosen``/``rejected`` are still the one final assistant message, and
+``provenance.turn`` is ``k`` (``None`` for rows that are not from a conversation).
 """
 
 from __future__ import annotations
 
 import io
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from datasets import Features, Image, List, Value
 from PIL import Image as PILImage
 
-from povidgen.schema import PreferencePair
+from povidgen.schema import Exchange, PreferencePair
 
 __all__ = [
     "PNG_COMPRESS_LEVEL",
@@ -37,6 +42,7 @@ __all__ = [
     "pair_features",
     "pair_to_row",
     "png_bytes",
+    "prompt_messages",
 ]
 
 _CONTENT = List({"type": Value("string"), "text": Value("string")})
@@ -57,6 +63,7 @@ _PROVENANCE = {
     "example_seed": Value("int64"),
     "edits": List(_EDIT),
     "povidgen_version": Value("string"),
+    "turn": Value("int32"),
 }
 
 
@@ -92,12 +99,7 @@ def pair_to_row(
     row: dict[str, Any] = {
         "id": pair.id,
         "images": [{"bytes": image_bytes or png_bytes(pair.image), "path": None}],
-        "prompt": [
-            {
-                "role": "user",
-                "content": [{"type": "image", "text": None}, {"type": "text", "text": pair.prompt}],
-            }
-        ],
+        "prompt": prompt_messages(pair.prompt, pair.context),
         "chosen": _assistant(pair.chosen),
         "rejected": _assistant(pair.rejected),
     }
@@ -118,8 +120,26 @@ def pair_to_row(
         "example_seed": provenance.example_seed,
         "edits": [edit.model_dump(mode="json") for edit in provenance.edits],
         "povidgen_version": provenance.povidgen_version,
+        "turn": provenance.turn,
     }
     return row
+
+
+def prompt_messages(prompt: str, context: Sequence[Exchange] = ()) -> list[dict[str, Any]]:
+    """The ``prompt`` column of a pair: one user message with the image and ``prompt``, or,
+    after ``context`` (the earlier exchanges of a conversation), ``user (image, question 0),
+    assistant (answer 0), ..., user (prompt)``: the image goes with the first question."""
+    image = {"type": "image", "text": None}
+    if not context:
+        return [{"role": "user", "content": [image, {"type": "text", "text": prompt}]}]
+    messages: list[dict[str, Any]] = []
+    for number, exchange in enumerate(context):
+        question = {"type": "text", "text": exchange.question}
+        content = [image, question] if number == 0 else [question]
+        messages.append({"role": "user", "content": content})
+        messages.extend(_assistant(exchange.answer))
+    messages.append({"role": "user", "content": [{"type": "text", "text": prompt}]})
+    return messages
 
 
 def message_text(messages: list[dict[str, Any]]) -> str:

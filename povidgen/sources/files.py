@@ -6,8 +6,10 @@ A LLaVA-style file is a JSON list (or JSON Lines) of records ``{"id", "image",
 ...]}``. It is flattened to one row per record with columns ``id``, ``image`` (the path as
 written, resolved later against an image folder), ``prompt`` (the first human turn, without the
 ``<image>`` placeholder), ``answer`` (the first gpt turn) and ``conversations`` (the original
-turns as JSON). Only the first exchange becomes a pair; records with more turns are counted
-in a log message, never dropped.
+turns as JSON). :class:`povidgen.PairBuilder` reads the exchanges from ``conversations``: the
+first only by default, or the last or every one with ``turns=`` (``--turns``), each later one
+with the earlier ones as context (:mod:`povidgen.sources.conversations`); records with several
+exchanges are counted in a log message.
 """
 
 from __future__ import annotations
@@ -155,7 +157,8 @@ def llava_to_rows(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         )
     if multi_turn:
         logger.warning(
-            "%d of %d LLaVA records have several exchanges; only the first becomes a pair",
+            "%d of %d LLaVA records have several exchanges; by default only the first "
+            "becomes a pair (--turns all or last, or turns= in Python, for the others)",
             multi_turn,
             len(records),
         )
