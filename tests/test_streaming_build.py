@@ -352,6 +352,44 @@ def test_rows_out_of_order_are_refused(tmp_path: Path) -> None:
         writer.add_error(RowError(id="b", index=2, stage="input", reason="x", error_type="E"))
 
 
+def test_a_ctrl_c_while_a_row_group_is_written_lands_between_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C between a row group reaching the file and the writer's bookkeeping once left
+    the group both on disk and in the buffer, so the suspended shard held it twice."""
+    import os
+    import signal
+
+    import pyarrow.parquet as pq
+
+    from povidgen.pairs.shards import iter_shard_rows, shard_files
+
+    made = builder(scenes(6), store_rejected_images=False)
+    made.run(tmp_path / "made")
+    rows = list(iter_shard_rows(shard_files(tmp_path / "made")))
+    assert len(rows) == 5
+    write_table = pq.ParquetWriter.write_table
+
+    def write_then_interrupt(self: Any, *args: Any, **kwargs: Any) -> None:
+        write_table(self, *args, **kwargs)
+        os.kill(os.getpid(), signal.SIGINT)  # Python runs the handler a few bytecodes on
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", write_then_interrupt)
+    out = tmp_path / "out"
+    out.mkdir()
+    writer = ShardWriter(out, made.features(), ShardLimits(max_rows=100, group_rows=2))
+    with pytest.raises(KeyboardInterrupt):
+        for index, row in enumerate(rows):
+            writer.add_pair(index, row["id"], row, 1)
+    assert writer.pairs == 2  # the interrupt came as the second row's call returned
+    monkeypatch.undo()
+    writer.suspend()
+    partial = out / "data" / ".train-00000.parquet.partial"
+    sidecar = json.loads(partial.with_name(partial.name + ".json").read_text(encoding="utf-8"))
+    assert len(sidecar["pairs"]) == 2
+    assert pq.ParquetFile(partial).metadata.num_rows == 2
+
+
 def test_sigterm_finishes_what_is_done_and_the_rerun_resumes(tmp_path: Path) -> None:
     """A job scheduler's preemption (SIGTERM) stops a build the way Ctrl-C does: exit 143,
     the finished rows kept in a partial shard, and the rerun resumes from them."""

@@ -30,13 +30,16 @@ making them again; a partial without its sidecar (SIGKILL) is discarded.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import signal
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import datasets
 import pyarrow as pa
@@ -163,6 +166,44 @@ class _Open:
     writer: pq.ParquetWriter | None = None
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _signals_held(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run ``method`` with Ctrl-C and SIGTERM held until it returns.
+
+    The writer changes a file and its own bookkeeping together (a row group written, then
+    the buffer emptied; a shard renamed, then its manifest line). Python delivers a signal
+    between any two bytecodes, so an interrupt between the two halves would leave them out
+    of step (a suspended shard holding a row group twice). Held, the signal's own handler
+    runs as soon as the method returns: the interrupt lands between rows instead.
+    Signals are held only where Python handles them (the main thread, a Python handler).
+    """
+
+    @functools.wraps(method)
+    def held(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if threading.current_thread() is not threading.main_thread():
+            return method(*args, **kwargs)
+        caught: list[tuple[int, Any]] = []
+        previous: dict[int, Callable[[int, Any], Any]] = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handler = signal.getsignal(sig)
+            if callable(handler):
+                signal.signal(sig, lambda signum, frame: caught.append((signum, frame)))
+                previous[sig] = handler
+        try:
+            return method(*args, **kwargs)
+        finally:
+            for held_signal, handler in previous.items():
+                signal.signal(held_signal, handler)
+            if caught:
+                signum, frame = caught[0]
+                previous[signum](signum, frame)
+
+    return held
+
+
 class ShardWriter:
     """Writes a build's outcomes, in input order, into ``folder`` as described above.
 
@@ -177,6 +218,7 @@ class ShardWriter:
     segment are already in the open segment.
     """
 
+    @_signals_held
     def __init__(
         self, folder: Path, features: datasets.Features, limits: ShardLimits = ShardLimits()
     ) -> None:
@@ -212,6 +254,7 @@ class ShardWriter:
 
     # -- writing ------------------------------------------------------------------------------
 
+    @_signals_held
     def add_pair(self, index: int, row_id: str, row: dict[str, Any], size: int) -> None:
         """Add the pair at input position ``index`` (its ``row`` in the pairs' columns; ``size``
         its image and text bytes, which bound shards and row groups)."""
@@ -227,6 +270,7 @@ class ShardWriter:
             self._flush_group(segment)
         self._row_done()
 
+    @_signals_held
     def add_error(self, error: RowError) -> None:
         """Add the failure at input position ``error.index``."""
         self._start(error.index).errors.append(error)
@@ -238,6 +282,7 @@ class ShardWriter:
         if cost_usd is not None:
             self._segment_cost = (self._segment_cost or 0.0) + cost_usd
 
+    @_signals_held
     def finish(self) -> None:
         """Commit the open segment; a build with no row at all still gets one (empty) shard,
         so the folder opens as a dataset with every column."""
@@ -247,6 +292,7 @@ class ShardWriter:
                 self._open.end = self.next_index
             self._commit()
 
+    @_signals_held
     def suspend(self) -> None:
         """Keep the open segment as a partial file and sidecar for the next run (Ctrl-C)."""
         segment = self._open
@@ -268,6 +314,7 @@ class ShardWriter:
         _fsync_file(self._partial_path(segment.number))
         _write_atomically(self._sidecar_path(segment.number), json.dumps(sidecar))
 
+    @_signals_held
     def abandon(self) -> None:
         """Drop the open segment (its rows are made again by the next run)."""
         segment = self._open
