@@ -575,11 +575,6 @@ def test_ctrl_c_exits_130_says_how_to_resume_and_the_rerun_equals_one_run(
     assert f"resumed:      {written} rows were already done" in printed
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="KNOWN BUG (open): with every reply held by the server, a Ctrl-C'd build "
-    "sometimes does not exit within 60 s on a loaded machine; see the session note",
-)
 def test_ctrl_c_while_every_call_waits_leaves_no_call_behind(
     dataset: Dataset,
     api: Api,
