@@ -35,6 +35,7 @@ import os
 import random
 import time
 from abc import abstractmethod
+from collections import deque
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -621,7 +622,9 @@ class LLMHallucinator(Hallucinator):
         self.cost.release(reserved, actual=self._cost_of(reply.usage, batch=False))
         self.usage = self.usage + reply.usage
         if cache is not None:
-            cache.put(key, reply.text, reply.usage)
+            # the commit waits for the disk (fsync): off the event loop, which would
+            # otherwise hold every other call in flight for those milliseconds
+            await asyncio.to_thread(cache.put, key, reply.text, reply.usage)
         return reply
 
     def _cost_of(self, usage: Usage, *, batch: bool) -> float:
@@ -764,16 +767,25 @@ class LLMHallucinator(Hallucinator):
 
 
 class _Pacer:
-    """Evenly spaced requests: each acquire takes the next slot ``interval`` after the last.
+    """Evenly spaced requests: each acquire takes the next slot ``interval`` after the last,
+    and no ``window`` (one second) ever holds more sends than the rate allows in it.
 
     A token bucket would let a run open with a burst that a server's sliding window counts on
     top of the steady rate (429s); timers that re-arm after each wake-up drift below the rate.
-    Slots are computed from a fixed schedule instead, so neither happens.
+    Slots are computed from a fixed schedule instead, so neither happens. But when the event
+    loop stalls (another thread holds the interpreter, the machine is busy), every task whose
+    slot passed during the stall wakes at once, and that burst lands on top of the sends the
+    server already counted: the window check holds such tasks back. Providers enforce
+    per-minute limits per second or finer (OpenAI: "60,000 requests/minute may be enforced as
+    1,000 requests/second"), so the window is one second.
     """
 
-    def __init__(self, interval: float) -> None:
+    def __init__(self, interval: float, window: float = 1.0) -> None:
         self.interval = interval
+        self.window = window
+        self.capacity = max(1, int(window / interval + 1e-9))
         self._next = 0.0
+        self._sent: deque[float] = deque()
 
     async def acquire(self) -> None:
         now = time.monotonic()
@@ -781,6 +793,14 @@ class _Pacer:
         self._next = slot + self.interval
         if slot > now:
             await asyncio.sleep(slot - now)
+        while True:
+            now = time.monotonic()
+            while self._sent and self._sent[0] <= now - self.window:
+                self._sent.popleft()
+            if len(self._sent) < self.capacity:
+                self._sent.append(now)
+                return
+            await asyncio.sleep(self._sent[0] + self.window - now)
 
 
 def _default_batch_dir() -> Path:
