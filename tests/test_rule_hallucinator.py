@@ -129,6 +129,30 @@ def test_count_word_becomes_another_plural_count(seed: int) -> None:
     assert result.rejected == f"There are {edit.injected} green balls."
 
 
+@pytest.mark.parametrize("seed", range(12))
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Two orange buses are parked near the station.",
+        "There are three orange trees.",
+        "Three apple pies sit on a plate.",
+        "One orange bus is parked.",
+    ],
+)
+def test_a_noun_that_modifies_the_next_word_is_not_inflected_for_a_new_count(
+    answer: str, seed: int
+) -> None:
+    # "orange" and "apple" are nouns, but here they describe the word after them
+    try:
+        result = run(answer, seed=seed)
+    except HallucinationError:
+        return  # refused is honest; "four oranges buses" is not
+    assert "oranges bus" not in result.rejected
+    assert "oranges trees" not in result.rejected
+    assert "apples pies" not in result.rejected
+    check_exact(answer, result)
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_count_digit_stays_a_digit(seed: int) -> None:
     result, edit = one_edit("There are 12 cars parked.", ["count"], seed=seed)

@@ -337,9 +337,19 @@ class _Replacement:
 
 
 def _noun_after(
-    text: str, end: int, lexicon: Lexicon, subjects: Sequence[Subject] = ()
+    text: str,
+    end: int,
+    lexicon: Lexicon,
+    subjects: Sequence[Subject] = (),
+    value: int | None = None,
 ) -> _Noun | None:
-    """The known noun at most three adjectives after ``end`` (a quantity's end)."""
+    """The known noun at most three adjectives after ``end`` (a quantity's end, whose
+    number is ``value`` when known).
+
+    A known noun that modifies the next word ("two *orange* buses", "an *apple* pie") is read
+    as an adjective, and so is a singular noun after a plural count ("three orange trees"):
+    inflecting it to agree with a new count would write "four oranges buses".
+    """
     position = end
     for _ in range(4):
         gap = _GAP.match(text, position)
@@ -353,7 +363,21 @@ def _noun_after(
             pair = lexicon.inflections.get(surface)
             if form is not None:
                 forms = pair if pair is not None and norm(pair[0]) != norm(pair[1]) else None
-                return _Noun(found.start(), found.end(), forms, form.plural)
+                after = _GAP.match(text, found.end())
+                modifies = after is not None and (
+                    lexicon.object_re.match(text, after.end()) is not None
+                    or (
+                        value is not None
+                        and value >= 2
+                        and form.plural is False
+                        and forms is not None
+                        and _ADJECTIVE_WORD.match(text, after.end()) is not None
+                    )
+                )
+                if not modifies:
+                    return _Noun(found.start(), found.end(), forms, form.plural)
+                position = found.end()
+                continue
         for subject in subjects:
             found = subject.pattern.match(text, at)
             if found is not None:
@@ -431,7 +455,7 @@ def _find_candidates(
         value = lexicon.number_value(match.group())
         if value is None or value < 1:
             continue
-        noun = _noun_after(text, match.end(), lexicon) if lexicon.english else None
+        noun = _noun_after(text, match.end(), lexicon, value=value) if lexicon.english else None
         if value < _MIN_COUNT and (noun is None or noun.forms is None):
             continue
         quantity = Quantity(match.start(), match.end(), value, "word")
@@ -442,7 +466,7 @@ def _find_candidates(
         value = int(match.group(1))
         if not 1 <= value <= _MAX_DIGIT_COUNT:
             continue
-        noun = _noun_after(text, match.end(1), lexicon) if lexicon.english else None
+        noun = _noun_after(text, match.end(1), lexicon, value=value) if lexicon.english else None
         if value < _MIN_COUNT and (noun is None or noun.forms is None):
             continue
         quantity = Quantity(match.start(1), match.end(1), value, "digit")
@@ -1122,7 +1146,7 @@ def _asked_count(subject: Subject, state: _DrawState) -> list[_Replacement]:
         quantity = quantity_before(text, mention.start)
         if quantity is None:
             continue
-        noun = _noun_after(text, quantity.end, lexicon, [subject])
+        noun = _noun_after(text, quantity.end, lexicon, [subject], value=quantity.value)
         if noun is None:
             noun = _Noun(
                 mention.start, mention.end, (subject.singular, subject.plural), mention.plural
