@@ -129,6 +129,13 @@ def test_count_word_becomes_another_plural_count(seed: int) -> None:
     assert result.rejected == f"There are {edit.injected} green balls."
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_the_fruit_before_a_verb_is_not_read_as_a_colour(seed: int) -> None:
+    result = run("Two apples and one orange sit on the table.", seed=seed)
+    assert all(edit.original != "orange" or edit.kind is not EditKind.ATTRIBUTE
+               for edit in result.edits)  # fmt: skip
+
+
 @pytest.mark.parametrize("seed", range(12))
 @pytest.mark.parametrize(
     "answer",

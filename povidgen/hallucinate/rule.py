@@ -156,7 +156,8 @@ _NOT_COLOUR_FOLLOWERS = frozenset(
     over above below between into onto inside outside is are was were has have had that which
     who sits lies rests sitting lying resting placed this these those it its there here as than
     while nearby too also slice slices juice peel peels tree trees wedge wedges half halves
-    segment segments""")
+    segment segments sit lie rest stand stands standing sat lay hang hangs hanging roll rolls
+    rolling""")
 )
 # Words before "orange" that make it a colour: linking verbs and shade words.
 _COLOUR_LEADERS = frozenset(
