@@ -273,24 +273,29 @@ class TransformersHallucinator(LLMHallucinator):
 
         xgr = _import_xgrammar()
         if self._grammar is None:
-            vocab = self.tokenizer.get_vocab()
+            from transformers import PreTrainedTokenizerFast
+
             size = self._vocab_size()
-            base = xgr.TokenizerInfo.from_huggingface(self.tokenizer, vocab_size=size)
-            # Special tokens read as literal text ("<pad>") to the grammar; blank them so a
-            # string can never contain one (empty tokens are never allowed), and stop only on
-            # the stop tokens generate stops on.
-            special = set(getattr(self.tokenizer, "all_special_ids", []))
-            encoded = [""] * size
-            for token, index in vocab.items():
-                if index < size and index not in special:
-                    encoded[index] = token
-            info = xgr.TokenizerInfo(
-                encoded,
-                base.vocab_type,
-                vocab_size=size,
-                stop_token_ids=sorted(self._stop_ids()) or None,
-                add_prefix_space=base.add_prefix_space,
+            stops = sorted(self._stop_ids()) or None
+            info = xgr.TokenizerInfo.from_huggingface(
+                self.tokenizer, vocab_size=size, stop_token_ids=stops
             )
+            if isinstance(self.tokenizer, PreTrainedTokenizerFast):
+                # Special tokens read as literal text ("<|im_start|>") to the grammar, which
+                # would let a string contain one; blank them (empty tokens are never allowed).
+                # The vocabulary is read as from_huggingface reads a fast tokenizer's.
+                special = set(self.tokenizer.all_special_ids)
+                encoded = [""] * size
+                for token, index in self.tokenizer.get_vocab().items():
+                    if index < size and index not in special:
+                        encoded[index] = token
+                info = xgr.TokenizerInfo(
+                    encoded,
+                    info.vocab_type,
+                    vocab_size=size,
+                    stop_token_ids=stops,
+                    add_prefix_space=info.add_prefix_space,
+                )
             self._grammar = xgr.GrammarCompiler(info).compile_json_schema(
                 json.dumps(reply_schema(self.prompt)), any_whitespace=False
             )

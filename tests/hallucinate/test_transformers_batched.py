@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -230,6 +231,25 @@ def test_constrained_decoding_gives_schema_json_from_a_random_model() -> None:
     assert free.params()["constrained"] is False
 
 
+@needs_xgrammar
+def test_special_tokens_never_enter_a_constrained_string() -> None:
+    """The model prefers <pad> above all, then '"'. To the grammar "<pad>" would be six
+    characters of text, fine inside a string, and the string would never close; special
+    tokens are blanked, so '"' closes it and the reply parses."""
+    tokenizer = char_tokenizer()
+    model = quote_loving_llama()
+    assert model.lm_head.bias is not None
+    with torch.no_grad():
+        model.lm_head.bias[tokenizer.pad_token_id] = 200.0
+    prompt = PromptConfig(min_edits=1, max_edits=1)
+    hallucinator = TransformersHallucinator(
+        model, tokenizer=tokenizer, prompt=prompt, max_new_tokens=80, constrained=True
+    )
+    (reply,) = hallucinator._generate_batch(["Rewrite."])
+    assert not isinstance(reply, Exception)
+    assert RewriteReply.model_validate_json(reply.text).rejected == ""
+
+
 def test_constrained_decoding_needs_the_local_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "xgrammar", None)  # as if it were not installed
     tokenizer = char_tokenizer()
@@ -246,3 +266,25 @@ def test_bad_batch_size() -> None:
     for bad in (0, -1, True, 2.5):
         with pytest.raises(ValueError, match="batch_size"):
             TransformersHallucinator(BatchModel(tokenizer), tokenizer=tokenizer, batch_size=bad)
+
+
+def test_the_local_benchmark_prints_the_speed_up_and_equal_replies(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """benchmarks/generation.py --local on a one-layer model: it runs, prints the speed-up,
+    and finds every row's reply the same batched and alone."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "generation.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_generation", script)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    threads = torch.get_num_threads()
+    small = ["--local-rows", "3", "--local-batch", "3", "--local-new-tokens", "4"]
+    small += ["--local-hidden", "64", "--local-layers", "1", "--local-repeats", "1"]
+    module.local_main(["--local", *small, "--local-threads", str(threads)])
+    output = capsys.readouterr().out
+    modes = 2 if importlib.util.find_spec("xgrammar") is not None else 1
+    assert output.count("same reply both ways: 3/3") == modes
+    assert output.count("speed-up: ") == modes
+    assert torch.get_num_threads() == threads
