@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +244,10 @@ def test_missing_file_and_missing_out_are_one_line(
     assert f"--config {missing}: no such file" in line
     line = one_line_error(["build", "--config", str(tmp_path), "--out", "x"], capsys)
     assert "a folder, not a YAML file" in line
+    fifo = tmp_path / "fifo.yaml"
+    os.mkfifo(fifo)  # reading it would block forever
+    line = one_line_error(["build", "--config", str(fifo), "--out", "x"], capsys)
+    assert "not a regular file" in line
     config = write(tmp_path / "build.yaml", {"demo": True})
     line = one_line_error(["build", "--config", str(config)], capsys)
     assert "no output folder: give --out DIR" in line

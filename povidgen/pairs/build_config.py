@@ -468,6 +468,9 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """
     import yaml
 
+    if path.exists() and not path.is_dir() and not path.is_file():
+        # a FIFO or a device would block the read or never end
+        raise BuildConfigError(f"--config {path}: not a regular file")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
