@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import math
 import sys
 import time
@@ -229,7 +230,34 @@ def _check_out(args: argparse.Namespace) -> Path:
     existing = next((p for p in (parent, *parent.parents) if p.exists()), Path())
     if not existing.is_dir():
         raise PovidgenError(f"--out {out}: {existing} is not a folder")
+    if out.suffix.lower() == ".png":
+        raise PovidgenError(f"--out {out}: the report is JSON (its plot goes beside it as .png)")
+    # povidgen replaces only what it wrote: an earlier report of ours (and its plot)
+    ours = _is_our_report(out)
+    if out.exists() and not ours:
+        raise PovidgenError(
+            f"--out {out} exists and is not a povidgen eval report; povidgen does not "
+            "replace files it did not write: give another --out"
+        )
+    plot = out.with_suffix(".png")
+    if not args.no_plot and plot.exists() and not ours:
+        raise PovidgenError(
+            f"--out {out}: its plot {plot} exists and povidgen did not write it: give another "
+            "--out, or --no-plot"
+        )
     return out
+
+
+def _is_our_report(path: Path) -> bool:
+    """Whether ``path`` is a regular file holding a report ``povidgen eval`` wrote."""
+    if not path.is_file():
+        return False
+    try:
+        with path.open("rb") as handle:
+            report = json.loads(handle.read(64 << 20))
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and {"povidgen_version", "metric", "figures"} <= set(report)
 
 
 def _check_model(path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,6 +216,12 @@ def test_bad_arguments_are_one_line(
     (tmp_path / "bert").mkdir()
     (tmp_path / "bert" / "config.json").write_text('{"model_type": "bert"}')
     model, data = str(inputs.model), str(inputs.data)
+    mine = tmp_path / "mine.json"  # the user's own file, which povidgen must not replace
+    mine.write_text('{"precious": true}')
+    fifo = tmp_path / "fifo.json"
+    os.mkfifo(fifo)
+    beside = tmp_path / "report.json"
+    (tmp_path / "report.png").write_bytes(b"the user's picture")
     cases = [
         (["--model", model, "--data", str(tmp_path / "missing")], "no such folder or file"),
         (["--model", model, "--data", str(tmp_path / "nodata")], "has no ground_truth.jsonl"),
@@ -225,9 +232,15 @@ def test_bad_arguments_are_one_line(
         (["--model", model, "--data", data, "--split", "test"], "only for a save_to_disk"),
         (["--model", model, "--data", data, "--vocabulary", "x.json"], "--vocabulary x.json"),
         (["--model", model, "--data", data, "--out", str(tmp_path)], "is a folder"),
+        (["--model", model, "--data", data, "--out", str(mine)], "not a povidgen eval report"),
+        (["--model", model, "--data", data, "--out", str(fifo)], "not a povidgen eval report"),
+        (["--model", model, "--data", data, "--out", str(beside)], "povidgen did not write it"),
+        (["--model", model, "--data", data, "--out", str(tmp_path / "r.png")], "report is JSON"),
     ]
     for flags, message in cases:
         assert main(["eval", "--metric", "chair", *flags]) == 2, flags
         assert message in one_error(capsys.readouterr().err), flags
+    assert mine.read_text() == '{"precious": true}'
+    assert (tmp_path / "report.png").read_bytes() == b"the user's picture"
     assert main(["eval", "--model", model, "--data", data, "--metric", "bleu"]) == 2
     assert "invalid choice" in one_error(capsys.readouterr().err)
