@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from pydantic import SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr, ValidationError
 
 from povidgen.errors import ProviderError
-from povidgen.hallucinate.batch import BatchBackend, BatchItem, BatchProgress
+from povidgen.hallucinate.backend import Backend, ChatReply, ChatRequest
+from povidgen.hallucinate.batch import BatchBackend, BatchItem, BatchProgress, BatchResult
 from povidgen.hallucinate.keys import resolve_api_key
-from povidgen.hallucinate.llm import LLMHallucinator, Reply
+from povidgen.hallucinate.llm import LLMHallucinator
 from povidgen.hallucinate.pricing import ANTHROPIC_IMAGE_TOKENS, Usage, anthropic_image_tokens
 from povidgen.hallucinate.prompts import RewriteReply
 from povidgen.redact import register_secret
 
-__all__ = ["AnthropicHallucinator"]
-
-_MALFORMED = "the reply was not a JSON object matching the schema (rejected, edits)"
+__all__ = ["AnthropicBackend", "AnthropicHallucinator"]
 
 
 def _import_anthropic() -> Any:
@@ -32,13 +32,112 @@ def _import_anthropic() -> Any:
     return anthropic
 
 
-class AnthropicHallucinator(LLMHallucinator):
-    """Rewrites answers with a Claude model.
+class AnthropicBackend(Backend):
+    """Anthropic's Messages API as a backend.
 
-    The request carries the system prompt, the image (a base64 JPEG block, unless
-    ``send_image=False``) and the question with the correct answer; the output format is the
-    :class:`~povidgen.hallucinate.prompts.RewriteReply` schema through the SDK's
-    ``messages.parse`` helper.
+    The request carries the system prompt, the image (a base64 JPEG block, when the request
+    has one) and the user text; the output format is the request's schema through the SDK's
+    ``messages.parse`` helper. ``stop_reason`` ``max_tokens`` is a truncated reply,
+    ``refusal`` a refused one.
+
+    Args:
+        model: e.g. ``"claude-haiku-4-5"``.
+        client: an ``anthropic.AsyncAnthropic`` to use (its retries are switched off); it is
+            never closed here.
+        base_url: default ``$ANTHROPIC_BASE_URL`` or Anthropic's.
+        api_key: default: the variable ``api_key_env`` names, else ``$ANTHROPIC_API_KEY``;
+            none is needed for a server on localhost. Kept as a ``SecretStr``, never logged.
+        api_key_env: the environment variable to read the key from.
+        timeout: seconds per request.
+    """
+
+    provider = "anthropic"
+
+    def __init__(
+        self,
+        model: str = "claude-haiku-4-5",
+        *,
+        client: Any | None = None,
+        base_url: str | None = None,
+        api_key: SecretStr | str | None = None,
+        api_key_env: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.model = model
+        self.timeout = timeout
+        self._anthropic = _import_anthropic()
+        self._user_client: Any | None = None
+        self._client: Any | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._base_url: str | None = None
+        self._api_key = SecretStr("")
+        if client is not None:
+            self._user_client = client.with_options(max_retries=0, timeout=timeout)
+            register_secret(getattr(client, "api_key", None))
+        else:
+            self._base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
+            self._api_key = resolve_api_key(
+                provider="Anthropic",
+                api_key=api_key,
+                api_key_env=api_key_env,
+                default_env="ANTHROPIC_API_KEY",
+                base_url=self._base_url,
+            )
+
+    def client(self) -> Any:
+        """The SDK client for the running event loop (see
+        :meth:`~povidgen.hallucinate.openai_api.OpenAIBackend.client`)."""
+        if self._user_client is not None:
+            return self._user_client
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            self._client = self._anthropic.AsyncAnthropic(
+                api_key=self._api_key.get_secret_value(),
+                base_url=self._base_url,
+                max_retries=0,
+                timeout=self.timeout,
+            )
+            self._client_loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client, self._client_loop = self._client, None, None
+        if client is not None:
+            await client.close()
+
+    @property
+    def endpoint(self) -> str:
+        base_url = getattr(self._user_client, "base_url", None) or self._base_url
+        return str(base_url) if base_url is not None else "https://api.anthropic.com"
+
+    def image_tokens_for(self, width: int, height: int) -> int:
+        """Anthropic's image tokens for this size: see
+        :func:`~povidgen.hallucinate.pricing.anthropic_image_tokens`."""
+        return anthropic_image_tokens(width, height)
+
+    async def send(self, request: ChatRequest) -> ChatReply:
+        try:
+            message = await self.client().messages.parse(
+                model=self.model,
+                max_tokens=request.max_tokens,
+                system=request.system,
+                messages=_messages(request.user, request.image_url),
+                output_format=request.schema,
+            )
+        except (ValidationError, json.JSONDecodeError):
+            # the SDK parses the reply itself and raises on one that does not parse
+            usage = Usage(input_tokens=0, output_tokens=request.max_tokens)
+            return ChatReply("", usage=usage)
+        reply = _reply(message, parse=False)
+        parsed = message.parsed_output
+        if reply.finish_reason == "stop" and isinstance(parsed, BaseModel):
+            reply.parsed = parsed
+        return reply
+
+
+class AnthropicHallucinator(LLMHallucinator):
+    """Rewrites answers with a Claude model: an :class:`~povidgen.LLMHallucinator` over an
+    :class:`AnthropicBackend`.
 
     Args:
         model: e.g. ``"claude-haiku-4-5"`` (the default) or ``"claude-sonnet-4-6"`` (give its
@@ -54,6 +153,7 @@ class AnthropicHallucinator(LLMHallucinator):
     name: ClassVar[str] = "anthropic"
     provider = "anthropic"
     image_tokens = ANTHROPIC_IMAGE_TOKENS  # an image of unknown size: the largest unscaled
+    backend: AnthropicBackend
 
     def __init__(
         self,
@@ -66,61 +166,15 @@ class AnthropicHallucinator(LLMHallucinator):
         **options: Any,
     ) -> None:
         options.setdefault("image_max_side", 1568)  # Anthropic's recommended longest side
-        super().__init__(model, **options)
-        anthropic = _import_anthropic()
-        if client is not None:
-            self._user_client = client.with_options(max_retries=0, timeout=self.timeout)
-            register_secret(getattr(client, "api_key", None))
-        else:
-            self._base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
-            self._api_key = resolve_api_key(
-                provider="Anthropic",
-                api_key=api_key,
-                api_key_env=api_key_env,
-                default_env="ANTHROPIC_API_KEY",
-                base_url=self._base_url,
-            )
-        self._anthropic = anthropic
-
-    def image_tokens_for(self, width: int, height: int) -> int:
-        """Anthropic's image tokens for this size: see
-        :func:`~povidgen.hallucinate.pricing.anthropic_image_tokens`."""
-        return anthropic_image_tokens(width, height)
-
-    def _make_client(self) -> Any:
-        return self._anthropic.AsyncAnthropic(
-            api_key=self._api_key.get_secret_value(),
-            base_url=self._base_url,
-            max_retries=0,
-            timeout=self.timeout,
+        backend = AnthropicBackend(
+            model,
+            client=client,
+            base_url=base_url,
+            api_key=api_key,
+            api_key_env=api_key_env,
+            timeout=options.get("timeout", 60.0),
         )
-
-    async def _complete(self, system: str, user: str, image_url: str | None) -> Reply:
-        content: list[dict[str, Any]] = []
-        if image_url is not None:
-            media_type, data = image_url.removeprefix("data:").split(";base64,", 1)
-            content.append(
-                {
-                    "type": "image",
-                    "source": {"type": "base64", "media_type": media_type, "data": data},
-                }
-            )
-        content.append({"type": "text", "text": user})
-        try:
-            message = await self.client().messages.parse(
-                model=self.model,
-                max_tokens=self.max_output_tokens,
-                system=system,
-                messages=[{"role": "user", "content": content}],
-                output_format=RewriteReply,
-            )
-        except (ValidationError, json.JSONDecodeError):
-            return Reply(_MALFORMED, Usage(input_tokens=0, output_tokens=self.max_output_tokens))
-        reply = _reply(message)
-        parsed = message.parsed_output
-        if parsed is not None and message.stop_reason not in ("refusal", "max_tokens"):
-            return Reply(parsed.model_dump_json(), reply.usage)
-        return reply
+        super().__init__(model, backend=backend, **options)
 
     def _batch_request(self, system: str, user: str, image_url: str | None) -> dict[str, Any]:
         # the schema transform that messages.parse uses, so batch and live requests agree
@@ -140,7 +194,7 @@ class AnthropicHallucinator(LLMHallucinator):
         }
 
     def _batch_backend(self) -> BatchBackend:
-        return _AnthropicBatches(self.client())
+        return _AnthropicBatches(self.backend.client())
 
 
 class _AnthropicBatches(BatchBackend):
@@ -173,13 +227,12 @@ class _AnthropicBatches(BatchBackend):
             failed=errored + canceled + expired,
         )
 
-    async def results(self, batch_id: str) -> dict[str, tuple[str, Usage] | ProviderError]:
-        found: dict[str, tuple[str, Usage] | ProviderError] = {}
+    async def results(self, batch_id: str) -> dict[str, BatchResult]:
+        found: dict[str, BatchResult] = {}
         async for entry in await self.client.messages.batches.results(batch_id):
             result = entry.result
             if result.type == "succeeded":
-                reply = _reply(result.message)
-                found[str(entry.custom_id)] = (reply.text, reply.usage)
+                found[str(entry.custom_id)] = _reply(result.message)
             else:
                 detail = getattr(result, "error", None) or result.type
                 found[str(entry.custom_id)] = ProviderError(
@@ -193,8 +246,9 @@ def _count(counts: Any, name: str) -> int:
     return value if isinstance(value, int) else 0
 
 
-def _reply(message: Any) -> Reply:
-    """The text and usage of a Message (refusals and truncations made explicit)."""
+def _reply(message: Any, *, parse: bool = True) -> ChatReply:
+    """A Message as a typed reply (its text parsed as :class:`RewriteReply` when it finished
+    normally; a refusal or a cut-off reply keeps its outcome)."""
     cached = getattr(message.usage, "cache_read_input_tokens", 0) or 0
     written = getattr(message.usage, "cache_creation_input_tokens", 0) or 0
     usage = Usage(  # povidgen's input_tokens include the cached and the cache-written ones
@@ -205,10 +259,12 @@ def _reply(message: Any) -> Reply:
     )
     text = "".join(block.text for block in message.content if block.type == "text")
     if message.stop_reason == "refusal":
-        return Reply(json.dumps({"rejected": text or "refused", "edits": []}), usage)
+        return ChatReply(text, usage=usage, finish_reason="refusal", refusal=text or "refused")
     if message.stop_reason == "max_tokens":
-        return Reply("the reply was cut off at max_output_tokens", usage)
-    return Reply(text or _MALFORMED, usage)
+        return ChatReply(text, usage=usage, finish_reason="length")
+    if not parse:  # the SDK parsed it already
+        return ChatReply(text, usage=usage)
+    return ChatReply.from_text(text, RewriteReply, usage=usage)
 
 
 def _messages(user: str, image_url: str | None) -> list[dict[str, Any]]:

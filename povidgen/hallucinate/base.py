@@ -5,11 +5,16 @@ from __future__ import annotations
 import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from povidgen.errors import HallucinationError
 from povidgen.schema import Example, Hallucination
 
-__all__ = ["HallucinationResult", "Hallucinator"]
+if TYPE_CHECKING:
+    from povidgen.errors import RunStoppedError
+    from povidgen.hallucinate.pricing import Usage
+
+__all__ = ["HallucinationResult", "Hallucinator", "checked_result"]
 
 HallucinationResult = Hallucination | Exception
 """One outcome of :meth:`Hallucinator.ahallucinate_many`: the hallucination or the error."""
@@ -23,7 +28,13 @@ class Hallucinator(ABC):
 
     * :meth:`hallucinate` runs one example synchronously;
     * :meth:`ahallucinate_many` / :meth:`hallucinate_many` run many with bounded concurrency,
-      returning results in input order and capturing each row's exception instead of raising.
+      returning one result per example in input order and capturing each row's exception
+      instead of raising; anything :meth:`ahallucinate` returns that is not a
+      :class:`~povidgen.Hallucination` (``None``, a string) becomes that row's
+      :class:`~povidgen.HallucinationError` naming the class and what it returned.
+
+    What a build reads from any hallucinator is declared here, with defaults for one that
+    costs nothing and never stops a run: :attr:`cost_usd`, :attr:`usage` and :attr:`stopped`.
 
     Implementations should be deterministic given ``example.seed`` and ``example.id`` where the
     backend allows, raise :class:`povidgen.HallucinationError` when they cannot corrupt an
@@ -47,6 +58,24 @@ class Hallucinator(ABC):
         return {}
 
     @property
+    def cost_usd(self) -> float | None:
+        """What the calls so far cost, in USD; ``None`` when the hallucinator has no cost or
+        its price is unknown (then :attr:`usage` says how many tokens it used)."""
+        return None
+
+    @property
+    def usage(self) -> Usage | None:
+        """The tokens used so far, where the hallucinator counts them (``None``: it does not)."""
+        return None
+
+    @property
+    def stopped(self) -> RunStoppedError | None:
+        """Why the hallucinator stopped taking calls (a fatal provider error, a spent budget),
+        or ``None``. A build that sees a row fail with a
+        :class:`~povidgen.RunStoppedError` records this as the run's cause."""
+        return None
+
+    @property
     def streams(self) -> bool:
         """Whether rows may be sent one by one as they are read (a sliding window of calls).
 
@@ -68,9 +97,12 @@ class Hallucinator(ABC):
 
         async def once() -> Hallucination:
             try:
-                return await self.ahallucinate(example)
+                result = checked_result(self, await self.ahallucinate(example))
             finally:
                 await self.aclose()
+            if isinstance(result, Exception):
+                raise result
+            return result
 
         return asyncio.run(once())
 
@@ -84,19 +116,23 @@ class Hallucinator(ABC):
         """Run :meth:`ahallucinate` over ``examples`` with at most ``concurrency`` in flight.
 
         Returns one entry per example, in input order: the :class:`Hallucination`, or the
-        ``Exception`` that example raised (the other examples carry on). ``on_result(index,
-        result)`` is called as each one finishes, for progress reporting.
+        ``Exception`` that example raised (the other examples carry on); a result that is not
+        a :class:`Hallucination` becomes a :class:`~povidgen.HallucinationError` in its place
+        (see :func:`checked_result`). ``on_result(index, result)`` is called as each one
+        finishes, for progress reporting.
         """
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, got {concurrency}")
         semaphore = asyncio.Semaphore(concurrency)
-        results: list[HallucinationResult | None] = [None] * len(examples)
+        # every slot is filled before gather returns (each task fills its own): results are
+        # kept by position, never filtered, so a bad result cannot shift the rows after it
+        results: list[HallucinationResult] = [_NOT_RUN] * len(examples)
 
         async def run_one(index: int, example: Example) -> None:
             async with semaphore:
                 result: HallucinationResult
                 try:
-                    result = await self.ahallucinate(example)
+                    result = checked_result(self, await self.ahallucinate(example))
                 except Exception as error:  # noqa: BLE001 - recorded per row by design
                     result = error
             results[index] = result
@@ -104,7 +140,7 @@ class Hallucinator(ABC):
                 on_result(index, result)
 
         await asyncio.gather(*(run_one(i, ex) for i, ex in enumerate(examples)))
-        return [r for r in results if r is not None]
+        return results
 
     def hallucinate_many(
         self,
@@ -129,6 +165,24 @@ class Hallucinator(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
+
+
+_NOT_RUN = HallucinationError("not run")  # a placeholder every task overwrites
+
+
+def checked_result(hallucinator: Hallucinator, result: object) -> HallucinationResult:
+    """``result`` if it is a :class:`~povidgen.Hallucination`, else a
+    :class:`~povidgen.HallucinationError` saying which class returned what (``None``, a
+    ``str``, ...), so a subclass's bad return value costs its row only."""
+    if isinstance(result, Hallucination):
+        return result
+    shown = repr(result)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    what = "None" if result is None else f"a {type(result).__name__} ({shown})"
+    return HallucinationError(
+        f"{type(hallucinator).__name__}.ahallucinate returned {what}, not a Hallucination"
+    )
 
 
 def _refuse_inside_event_loop(sync_name: str, async_name: str) -> None:

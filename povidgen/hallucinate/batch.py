@@ -27,6 +27,12 @@ A request that is still failing after that, or that failed for good (a 4xx, an e
 becomes that example's :class:`~povidgen.ProviderError` (and so a per-row error record); the
 caller verifies every reply exactly as a live reply is verified, and a reply that fails
 verification is not retried here.
+
+:class:`BatchExecutor` is batch mode as an executor of its own beside the live policies: it
+answers what it can from the reply cache, reserves the whole batch's estimated cost at once,
+runs :func:`run_batches` and verifies each reply (a provider's results may be
+:class:`~povidgen.hallucinate.backend.ChatReply` objects, so a cut-off or refused reply keeps
+its outcome).
 """
 
 from __future__ import annotations
@@ -43,15 +49,30 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from povidgen.errors import ProviderError, RunStoppedError
+from povidgen.errors import (
+    BudgetExceededError,
+    ProviderError,
+    ProviderFatalError,
+    RunStoppedError,
+    VerificationError,
+)
+from povidgen.hallucinate.backend import ChatReply
+from povidgen.hallucinate.policies import _packed, _unpacked, describe_error, is_fatal
 from povidgen.hallucinate.pricing import Usage
+from povidgen.hallucinate.prompts import RewriteReply, build_messages, prompt_fingerprint
+from povidgen.hallucinate.reask import outcome_reason, verify
 from povidgen.schema import Example
+
+if TYPE_CHECKING:
+    from povidgen.hallucinate.base import HallucinationResult
+    from povidgen.hallucinate.llm import LLMHallucinator
 
 __all__ = [
     "PROVIDER_LIMITS",
     "BatchBackend",
+    "BatchExecutor",
     "BatchItem",
     "BatchProgress",
     "BatchResult",
@@ -62,8 +83,8 @@ __all__ = [
 
 logger = logging.getLogger("povidgen")
 
-BatchResult = tuple[str, Usage] | ProviderError
-"""One request's outcome: (reply text, usage), or the error of that request."""
+BatchResult = tuple[str, Usage] | ChatReply | ProviderError
+"""One request's outcome: (reply text, usage) or a typed reply, or the error of that request."""
 
 PROVIDER_LIMITS: dict[str, tuple[int, int]] = {
     "openai": (50_000, 200 * 2**20),  # requests and bytes of one batch input file
@@ -505,3 +526,134 @@ def _write_atomically(path: Path, payload: dict[str, Any]) -> None:
     with os.fdopen(handle, "w", encoding="utf-8") as stream:
         json.dump(payload, stream)
     os.replace(temporary, path)
+
+
+class BatchExecutor:
+    """Runs a hallucinator's examples through its provider's batch API (``mode="batch"``).
+
+    For each example: the first attempt's request (the live path's, as the provider's batch
+    body), answered from the reply cache when it was paid for before; the rest are submitted
+    with :func:`run_batches` after the batch's whole estimated cost is reserved (a batch that
+    would pass ``max_cost_usd`` is not submitted: the run stops); each reply is costed at the
+    batch price, kept in the cache as its chunk is joined, and verified exactly as a live reply
+    (one attempt: a failed verification is the row's error). A fatal error stops the
+    hallucinator like a live one.
+    """
+
+    def __init__(self, hallucinator: LLMHallucinator) -> None:
+        self.hallucinator = hallucinator
+
+    async def run(self, examples: Sequence[Example]) -> list[HallucinationResult]:
+        """One result per example, in order."""
+        owner = self.hallucinator
+        if owner.stopped is not None:
+            stopped = type(owner.stopped)(f"not attempted: {owner.stopped}")
+            return [stopped for _ in examples]
+        items = []
+        keys: dict[str, str] = {}
+        cached: dict[str, ChatReply] = {}
+        cache = owner.reply_cache
+        for example in examples:
+            system, user = build_messages(example, owner.prompt)
+            request = owner.request_for(system, user, example)
+            custom_id = custom_id_for(example.id)
+            if cache is not None:
+                keys[custom_id] = owner._cache_key(system, user, request.image_url, example.seed)
+                if (hit := cache.get(keys[custom_id])) is not None:
+                    cached[custom_id] = _typed(hit)  # paid for by an earlier run: not submitted
+                    continue
+            body = owner._batch_request(system, user, request.image_url)
+            items.append(BatchItem(custom_id, example, body))
+        if not items:
+            return [
+                self._verified(example, cached[custom_id_for(example.id)], paid=True)
+                for example in examples
+            ]
+        estimate = sum(
+            owner._cost_of(
+                Usage(
+                    input_tokens=owner._batch_input_tokens(item.request),
+                    output_tokens=owner.max_output_tokens,
+                ),
+                batch=True,
+            )
+            for item in items
+        )
+        if not owner.cost.reserve(estimate):
+            stopped = owner._stop(
+                BudgetExceededError(
+                    f"max_cost_usd={owner.cost.max_cost_usd} would be passed by a batch of "
+                    f"{len(items)} requests (estimated ${estimate:.4f}); it was not submitted"
+                )
+            )
+            return [stopped for _ in examples]
+        fingerprint = prompt_fingerprint(owner.prompt)
+
+        def failed(error: Exception) -> ProviderError:
+            if isinstance(error, ProviderError):
+                return error
+            if is_fatal(error):
+                return owner._stop(ProviderFatalError(describe_error(owner.provider, error)))
+            return ProviderError(f"batch failed: {describe_error(owner.provider, error)}")
+
+        def keep(joined: Mapping[str, BatchResult]) -> None:
+            # into the reply cache as each chunk is joined: a crash later loses none of them
+            if cache is None:
+                return
+            for custom_id, reply in joined.items():
+                if not isinstance(reply, ProviderError):
+                    typed = _typed(reply)
+                    cache.put(keys[custom_id], _packed(typed), typed.usage)
+
+        try:
+            replies = await run_batches(
+                owner._batch_backend(),
+                items,
+                state_dir=owner.batch_dir,
+                key=lambda chunk: batch_key(owner.provider, owner.model, fingerprint, chunk),
+                poll_interval=owner.poll_interval,
+                retries=owner.batch_retries,
+                on_error=failed,
+                on_results=keep,
+                on_progress=owner.on_batch_progress,
+            )
+        except Exception as error:  # noqa: BLE001 - a failed batch fails each of its rows
+            failure = failed(error)
+            return [failure for _ in examples]
+        finally:
+            owner.cost.release(estimate)
+        results: list[HallucinationResult] = []
+        for example in examples:
+            custom_id = custom_id_for(example.id)
+            if custom_id in cached:
+                results.append(self._verified(example, cached[custom_id], paid=True))
+                continue
+            reply = replies.get(custom_id)
+            if reply is None:
+                results.append(ProviderError("the batch returned no result for this request"))
+            elif isinstance(reply, ProviderError):
+                results.append(reply)
+            else:
+                results.append(self._verified(example, _typed(reply), paid=False))
+        return results
+
+    def _verified(self, example: Example, reply: ChatReply, *, paid: bool) -> HallucinationResult:
+        """Verify one batch reply; ``paid``: it came from the cache (nothing to count)."""
+        owner = self.hallucinator
+        if not paid:
+            owner._add_usage(reply.usage, batch=True)
+        reason = outcome_reason(reply, owner.max_output_tokens)
+        if reason is not None:
+            return VerificationError(reason)
+        try:
+            return verify(example, reply, owner.prompt)
+        except VerificationError as error:
+            return error
+
+
+def _typed(reply: tuple[str, Usage] | ChatReply) -> ChatReply:
+    """A batch result or cache entry as a typed reply."""
+    if isinstance(reply, ChatReply):
+        return reply
+    text, usage = reply
+    return _unpacked(text, usage, RewriteReply)

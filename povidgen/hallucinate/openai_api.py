@@ -2,25 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from pydantic import SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr
 
 from povidgen.errors import ProviderError
-from povidgen.hallucinate.batch import BatchBackend, BatchItem, BatchProgress
+from povidgen.hallucinate.backend import Backend, ChatReply, ChatRequest
+from povidgen.hallucinate.batch import BatchBackend, BatchItem, BatchProgress, BatchResult
 from povidgen.hallucinate.keys import resolve_api_key
-from povidgen.hallucinate.llm import LLMHallucinator, Reply
+from povidgen.hallucinate.llm import LLMHallucinator
 from povidgen.hallucinate.pricing import OPENAI_IMAGE_TOKENS, Usage, openai_image_tokens
 from povidgen.hallucinate.prompts import RewriteReply
 from povidgen.redact import register_secret
 
-__all__ = ["OpenAIHallucinator"]
-
-_MALFORMED = "the reply was not a JSON object matching the schema (rejected, edits)"
+__all__ = ["OpenAIBackend", "OpenAIHallucinator"]
 
 
 def _import_openai() -> Any:
@@ -33,13 +33,134 @@ def _import_openai() -> Any:
     return openai
 
 
-class OpenAIHallucinator(LLMHallucinator):
-    """Rewrites answers with an OpenAI chat model (or any OpenAI-compatible server).
+class OpenAIBackend(Backend):
+    """The OpenAI Chat Completions API (or any OpenAI-compatible server) as a backend.
 
-    The request carries the system prompt, the question and correct answer, and (unless
-    ``send_image=False``) the image as a JPEG data URL, with ``response_format`` set to the
-    :class:`~povidgen.hallucinate.prompts.RewriteReply` schema (the request the SDK's
-    ``chat.completions.parse`` helper makes, sent through its ``post``).
+    The request carries the system prompt, the user text and (when the request has one) the
+    image as a JPEG data URL, with ``response_format`` set to the request's schema (the request
+    the SDK's ``chat.completions.parse`` helper makes, sent through its public ``post``, with
+    the schema converted once per schema). The reply's finish reason and refusal are kept:
+    ``length`` is a truncated reply, a ``refusal`` message a refused one.
+
+    Args:
+        model: e.g. ``"gpt-4o-mini"``; for a local server, the name it serves.
+        client: an ``openai.AsyncOpenAI`` to use (its retries are switched off: povidgen
+            retries); it is never closed here.
+        base_url: the server, default ``$OPENAI_BASE_URL`` or OpenAI's.
+        api_key: default: the variable ``api_key_env`` names, else ``$OPENAI_API_KEY``; none
+            is needed for a server on localhost. Kept as a ``SecretStr`` and never logged.
+        api_key_env: the environment variable to read the key from.
+        timeout: seconds per request.
+    """
+
+    provider = "openai"
+
+    def __init__(
+        self,
+        model: str = "gpt-4o-mini",
+        *,
+        client: Any | None = None,
+        base_url: str | None = None,
+        api_key: SecretStr | str | None = None,
+        api_key_env: str | None = None,
+        timeout: float = 60.0,
+    ) -> None:
+        self.model = model
+        self.timeout = timeout
+        self._openai = _import_openai()
+        self._user_client: Any | None = None
+        self._client: Any | None = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._base_url: str | None = None
+        self._api_key = SecretStr("")
+        if client is not None:
+            self._user_client = client.with_options(max_retries=0, timeout=timeout)
+            register_secret(getattr(client, "api_key", None))
+        else:
+            self._base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
+            self._api_key = resolve_api_key(
+                provider="OpenAI",
+                api_key=api_key,
+                api_key_env=api_key_env,
+                default_env="OPENAI_API_KEY",
+                base_url=self._base_url,
+            )
+
+    def client(self) -> Any:
+        """The SDK client for the running event loop.
+
+        An HTTP connection pool belongs to the loop that opened it, so a client made here is
+        (re)made per loop and closed by :meth:`aclose`; a client passed in is used as it is.
+        """
+        if self._user_client is not None:
+            return self._user_client
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:
+            self._client = self._openai.AsyncOpenAI(
+                api_key=self._api_key.get_secret_value(),
+                base_url=self._base_url,
+                max_retries=0,
+                timeout=self.timeout,
+            )
+            self._client_loop = loop
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client, self._client_loop = self._client, None, None
+        if client is not None:
+            await client.close()
+
+    @property
+    def endpoint(self) -> str:
+        base_url = getattr(self._user_client, "base_url", None) or self._base_url
+        return str(base_url) if base_url is not None else "https://api.openai.com/v1"
+
+    def image_tokens_for(self, width: int, height: int) -> int:
+        """OpenAI's image tokens for this size on :attr:`model` (images are sent without a
+        ``detail``, so at ``"auto"``, counted as high): see
+        :func:`~povidgen.hallucinate.pricing.openai_image_tokens`."""
+        return openai_image_tokens(width, height, model=self.model)
+
+    def request_params(self) -> dict[str, Any]:
+        # another server answers differently (hashed into the cache key, never stored)
+        return {"base_url": self._base_url}
+
+    def body(self, request: ChatRequest) -> dict[str, Any]:
+        """The Chat Completions body of ``request`` (also a batch request's body)."""
+        return {
+            "model": self.model,
+            "messages": _messages(request.system, request.user, request.image_url),
+            "response_format": _response_format(request.schema),
+            "max_completion_tokens": request.max_tokens,
+        }
+
+    async def send(self, request: ChatRequest) -> ChatReply:
+        # The same request as ``chat.completions.parse`` sends, through the SDK's public
+        # ``post``: ``parse`` rebuilds the schema from the pydantic model and walks every
+        # message through its type transforms on each call, about 4 ms of CPU a request on
+        # the event loop, which caps a build's rate well under a provider's limit.
+        body = self.body(request)
+        body["stream"] = False
+        completion = await self.client().post(
+            "/chat/completions", body=body, cast_to=self._openai.types.chat.ChatCompletion
+        )
+        usage = _usage(completion)
+        if not completion.choices:
+            return ChatReply("", usage=usage)  # malformed: nothing to parse
+        choice = completion.choices[0]
+        message = choice.message
+        text = message.content or ""
+        if message.refusal:
+            return ChatReply(text, usage=usage, finish_reason="refusal", refusal=message.refusal)
+        finish = choice.finish_reason
+        if finish in ("length", "content_filter"):
+            return ChatReply(text, usage=usage, finish_reason=finish)
+        return ChatReply.from_text(text, request.schema, usage=usage)
+
+
+class OpenAIHallucinator(LLMHallucinator):
+    """Rewrites answers with an OpenAI chat model (or any OpenAI-compatible server): an
+    :class:`~povidgen.LLMHallucinator` over an :class:`OpenAIBackend`.
 
     Args:
         model: e.g. ``"gpt-4o-mini"``; for a local server, the name it serves (with no known
@@ -56,6 +177,7 @@ class OpenAIHallucinator(LLMHallucinator):
     name: ClassVar[str] = "openai"
     provider = "openai"
     image_tokens = OPENAI_IMAGE_TOKENS  # an image of unknown size: 1024 px at high detail
+    backend: OpenAIBackend
 
     def __init__(
         self,
@@ -67,82 +189,26 @@ class OpenAIHallucinator(LLMHallucinator):
         api_key_env: str | None = None,
         **options: Any,
     ) -> None:
-        super().__init__(model, **options)
-        openai = _import_openai()
-        if client is not None:
-            self._user_client = client.with_options(max_retries=0, timeout=self.timeout)
-            register_secret(getattr(client, "api_key", None))
-        else:
-            self._base_url = base_url or os.environ.get("OPENAI_BASE_URL") or None
-            self._api_key = resolve_api_key(
-                provider="OpenAI",
-                api_key=api_key,
-                api_key_env=api_key_env,
-                default_env="OPENAI_API_KEY",
-                base_url=self._base_url,
-            )
-        self._openai = openai
-
-    def image_tokens_for(self, width: int, height: int) -> int:
-        """OpenAI's image tokens for this size on :attr:`model` (images are sent without a
-        ``detail``, so at ``"auto"``, counted as high): see
-        :func:`~povidgen.hallucinate.pricing.openai_image_tokens`."""
-        return openai_image_tokens(width, height, model=self.model)
-
-    def _make_client(self) -> Any:
-        return self._openai.AsyncOpenAI(
-            api_key=self._api_key.get_secret_value(),
-            base_url=self._base_url,
-            max_retries=0,
-            timeout=self.timeout,
+        backend = OpenAIBackend(
+            model,
+            client=client,
+            base_url=base_url,
+            api_key=api_key,
+            api_key_env=api_key_env,
+            timeout=options.get("timeout", 60.0),
         )
-
-    def _request_params(self) -> dict[str, Any]:
-        # another server answers differently (hashed into the cache key, never stored)
-        return {"base_url": self._base_url}
-
-    async def _complete(self, system: str, user: str, image_url: str | None) -> Reply:
-        # The same request as ``chat.completions.parse`` sends, through the SDK's public
-        # ``post``: ``parse`` rebuilds the schema from the pydantic model and walks every
-        # message through its type transforms on each call, about 4 ms of CPU a request on
-        # the event loop, which caps a build's rate well under a provider's limit.
-        body = {
-            "model": self.model,
-            "messages": _messages(system, user, image_url),
-            "response_format": _response_format(),
-            "max_completion_tokens": self.max_output_tokens,
-            "stream": False,
-        }
-        completion = await self.client().post(
-            "/chat/completions", body=body, cast_to=self._openai.types.chat.ChatCompletion
-        )
-        usage = _usage(completion)
-        if not completion.choices:
-            return Reply(_MALFORMED, usage)
-        choice = completion.choices[0]
-        message = choice.message
-        if choice.finish_reason == "length":
-            return Reply("the reply was cut off at max_output_tokens", usage)
-        if message.refusal:
-            return Reply(json.dumps({"rejected": message.refusal, "edits": []}), usage)
-        if choice.finish_reason == "content_filter":
-            return Reply("the provider's content filter stopped the reply", usage)
-        try:
-            parsed = RewriteReply.model_validate_json(message.content or "")
-        except ValidationError:
-            return Reply(message.content or _MALFORMED, usage)
-        return Reply(parsed.model_dump_json(), usage)
+        super().__init__(model, backend=backend, **options)
 
     def _batch_request(self, system: str, user: str, image_url: str | None) -> dict[str, Any]:
         return {
             "model": self.model,
             "messages": _messages(system, user, image_url),
-            "response_format": _response_format(),
+            "response_format": _response_format(RewriteReply),
             "max_completion_tokens": self.max_output_tokens,
         }
 
     def _batch_backend(self) -> BatchBackend:
-        return _OpenAIBatches(self.client())
+        return _OpenAIBatches(self.backend.client())
 
 
 class _OpenAIBatches(BatchBackend):
@@ -186,9 +252,9 @@ class _OpenAIBatches(BatchBackend):
             failed=_count(counts, "failed"),
         )
 
-    async def results(self, batch_id: str) -> dict[str, tuple[str, Usage] | ProviderError]:
+    async def results(self, batch_id: str) -> dict[str, BatchResult]:
         batch = await self.client.batches.retrieve(batch_id)
-        found: dict[str, tuple[str, Usage] | ProviderError] = {}
+        found: dict[str, BatchResult] = {}
         for file_id in (batch.output_file_id, batch.error_file_id):
             if not file_id:
                 continue
@@ -212,7 +278,7 @@ def _count(counts: Any, name: str) -> int:
     return value if isinstance(value, int) else 0
 
 
-def _batch_entry(entry: dict[str, Any]) -> tuple[str, Usage] | ProviderError:
+def _batch_entry(entry: dict[str, Any]) -> BatchResult:
     response = entry.get("response") or {}
     if entry.get("error") or response.get("status_code") != 200:
         detail = entry.get("error") or response.get("body", {}).get("error") or response
@@ -224,18 +290,22 @@ def _batch_entry(entry: dict[str, Any]) -> tuple[str, Usage] | ProviderError:
         input_tokens=usage.get("prompt_tokens", 0) or 0,
         output_tokens=usage.get("completion_tokens", 0) or 0,
     )
+    text = message.get("content") or ""
     if message.get("refusal"):
-        return json.dumps({"rejected": message["refusal"], "edits": []}), tokens
-    return message.get("content") or _MALFORMED, tokens
+        return ChatReply(text, usage=tokens, finish_reason="refusal", refusal=message["refusal"])
+    finish = body["choices"][0].get("finish_reason")
+    if finish in ("length", "content_filter"):
+        return ChatReply(text, usage=tokens, finish_reason=finish)
+    return ChatReply.from_text(text, RewriteReply, usage=tokens)
 
 
 @functools.cache
-def _response_format() -> dict[str, Any]:
-    """``response_format`` for :class:`RewriteReply`, made by the schema helper that
-    ``chat.completions.parse`` uses (so live, batch and SDK requests agree), once."""
+def _response_format(schema: type[BaseModel]) -> dict[str, Any]:
+    """``response_format`` for ``schema``, made by the schema helper that
+    ``chat.completions.parse`` uses (so live, batch and SDK requests agree), once a schema."""
     from openai.lib._parsing._completions import type_to_response_format_param
 
-    made: Any = type_to_response_format_param(RewriteReply)
+    made: Any = type_to_response_format_param(schema)
     return dict(made)
 
 

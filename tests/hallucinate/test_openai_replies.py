@@ -1,5 +1,5 @@
-"""The OpenAI hallucinator's request and its reading of each kind of reply, through the real
-SDK over ``httpx2.MockTransport`` (no sockets)."""
+"""The OpenAI backend's request and its reading of each kind of reply (a typed outcome), through
+the real SDK over ``httpx2.MockTransport`` (no sockets)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from povidgen import Example
+from povidgen.hallucinate.backend import ChatRequest, ReplyOutcome
 from povidgen.hallucinate.openai_api import OpenAIHallucinator, _messages
 from povidgen.hallucinate.prompts import RewriteReply
 
@@ -50,7 +51,8 @@ def client(reply: dict[str, Any], bodies: list[dict[str, Any]]) -> openai.AsyncO
 def complete(reply: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     bodies: list[dict[str, Any]] = []
     hallucinator = OpenAIHallucinator(client=client(reply, bodies), cache=False)
-    answer = asyncio.run(hallucinator._complete("system text", "user text", None))
+    request = ChatRequest("system text", "user text", schema=RewriteReply, max_tokens=1024)
+    answer = asyncio.run(hallucinator.backend.send(request))
     return answer, bodies[0]
 
 
@@ -70,22 +72,27 @@ def test_the_request_is_the_one_chat_completions_parse_sends() -> None:
 
 
 @pytest.mark.parametrize(
-    ("reply", "expected"),
+    ("reply", "outcome", "text"),
     [
-        (completion(json.dumps(GOOD)), RewriteReply.model_validate(GOOD).model_dump_json()),
-        (completion('{"rejected": "half', finish="length"), "cut off at max_output_tokens"),
-        (completion(None, refusal="I can't help with that."), "I can't help with that."),
-        (completion(None, finish="content_filter"), "content filter"),
-        (completion("not json at all"), "not json at all"),
-        ({**completion(None), "choices": []}, "not a JSON object"),
+        (completion(json.dumps(GOOD)), ReplyOutcome.OK, json.dumps(GOOD)),
+        (completion('{"rejected": "half', finish="length"), ReplyOutcome.TRUNCATED, "half"),
+        (completion(None, refusal="I can't help with that."), ReplyOutcome.REFUSED, ""),
+        (completion(None, finish="content_filter"), ReplyOutcome.FILTERED, ""),
+        (completion("not json at all"), ReplyOutcome.MALFORMED, "not json at all"),
+        ({**completion(None), "choices": []}, ReplyOutcome.MALFORMED, ""),
     ],
     ids=["valid", "cut-off", "refusal", "content-filter", "malformed", "no-choices"],
 )
-def test_each_kind_of_reply_becomes_text_for_the_verifier(
-    reply: dict[str, Any], expected: str
+def test_each_kind_of_reply_is_a_typed_outcome(
+    reply: dict[str, Any], outcome: ReplyOutcome, text: str
 ) -> None:
     answer, _ = complete(reply)
-    assert expected in answer.text
+    assert answer.outcome is outcome
+    assert text in answer.text
+    if outcome is ReplyOutcome.OK:
+        assert answer.parsed == RewriteReply.model_validate(GOOD)
+    if outcome is ReplyOutcome.REFUSED:
+        assert answer.refusal == "I can't help with that."
     assert (answer.usage.input_tokens, answer.usage.output_tokens) == (11, 7)
 
 

@@ -21,7 +21,7 @@ import pytest
 
 from povidgen import cli
 from povidgen.cli import main
-from povidgen.hallucinate import llm
+from povidgen.hallucinate import policies
 from povidgen.hallucinate.anthropic_api import AnthropicHallucinator
 from povidgen.hallucinate.keys import LOCAL_PLACEHOLDER_KEY, is_local_url
 from povidgen.hallucinate.openai_api import OpenAIHallucinator
@@ -213,9 +213,8 @@ def test_api_key_env_reads_the_named_variable(
 def test_only_a_local_server_goes_without_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
     for url in ("http://localhost:8000/v1", "http://127.0.0.1:9/v1", "http://[::1]:8000/v1"):
         assert is_local_url(url)
-        assert OpenAIHallucinator("my-model", base_url=url)._api_key.get_secret_value() == (
-            LOCAL_PLACEHOLDER_KEY
-        )
+        local = OpenAIHallucinator("my-model", base_url=url)
+        assert local.backend._api_key.get_secret_value() == LOCAL_PLACEHOLDER_KEY
         AnthropicHallucinator(base_url=url)
     for url in (None, "https://api.example.com/v1", "http://10.0.0.5:8000/v1", "http://[::2]/"):
         assert not is_local_url(url)
@@ -225,8 +224,8 @@ def test_only_a_local_server_goes_without_a_key(monkeypatch: pytest.MonkeyPatch)
         AnthropicHallucinator()
     monkeypatch.setenv("MY_GATEWAY_KEY", SECRET)
     hallucinator = AnthropicHallucinator(api_key_env="MY_GATEWAY_KEY")
-    assert hallucinator._api_key.get_secret_value() == SECRET
-    assert SECRET not in repr(hallucinator._api_key)
+    assert hallucinator.backend._api_key.get_secret_value() == SECRET
+    assert SECRET not in repr(hallucinator.backend._api_key)
 
 
 # -- part 4: faults -------------------------------------------------------------------------
@@ -254,7 +253,7 @@ def test_each_retry_waits_retry_after_plus_full_jitter_and_is_logged(
 ) -> None:
     server.faults = ["429", "429", "500"]
     monkeypatch.setattr(server, "retry_after", 0.2)
-    monkeypatch.setattr(llm, "_rng", random.Random(1))
+    monkeypatch.setattr(policies, "_rng", random.Random(1))
     hallucinator = OpenAIHallucinator(
         "gpt-4o-mini",
         base_url=server.openai_base_url,
@@ -293,7 +292,7 @@ def test_after_a_429_every_task_pauses_and_resumes_spread_out(
     pause = 0.6
     monkeypatch.setattr(server, "responder", slow)
     monkeypatch.setattr(server, "retry_after", pause)
-    monkeypatch.setattr(llm, "_rng", random.Random(3))
+    monkeypatch.setattr(policies, "_rng", random.Random(3))
     seen = itertools.count()
     server.faults = lambda provider, index, body: "429" if next(seen) == 8 else None
     hallucinator = OpenAIHallucinator(
@@ -365,7 +364,7 @@ def test_the_pacer_never_lets_a_stalled_loop_burst_past_the_rate() -> None:
     import asyncio
     import time
 
-    from povidgen.hallucinate.llm import _Pacer
+    from povidgen.hallucinate.policies import _Pacer
 
     pacer = _Pacer(0.01, window=0.1)  # 100/s: at most 10 sends in any 0.1 s
     sent: list[float] = []
