@@ -578,9 +578,8 @@ def _print_report(report: BuildReport, builder: PairBuilder, out: Path) -> None:
     print(f"time taken:   {report.seconds:.1f}s ({rate:.1f} rows/s)")
     if report.cost_usd is not None:
         print(f"cost:         ${report.cost_usd:.4f}")
-    elif getattr(builder.hallucinator, "priced", True) is False:
-        usage = getattr(builder.hallucinator, "usage", None)
-        tokens = getattr(usage, "input_tokens", 0), getattr(usage, "output_tokens", 0)
+    elif (usage := builder.hallucinator.usage) is not None:  # counted, but no price known
+        tokens = usage.input_tokens, usage.output_tokens
         print(
             f"cost:         unknown ({tokens[0]} input + {tokens[1]} output tokens; no price is "
             "known for the model: --price-in and --price-out give one)"

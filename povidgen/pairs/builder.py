@@ -573,11 +573,8 @@ class PairBuilder:
             )
 
     def _cost_tally(self) -> float | None:
-        tally = getattr(self.hallucinator, "cost", None)
-        if getattr(tally, "priced", True) is False:
-            return None  # no price is known: the cost is unknown, not zero
-        spent = getattr(tally, "spent", None)
-        return float(spent) if isinstance(spent, int | float) else None
+        # None: the hallucinator has no cost, or no price is known (unknown, not zero)
+        return self.hallucinator.cost_usd
 
     def _total_rows(self) -> int | None:
         try:
@@ -905,8 +902,8 @@ class PairBuilder:
     def _note_stop(self, result: RunStoppedError) -> None:
         if self._stopped is None:
             # the hallucinator keeps the first cause; in-flight rows only say "not attempted"
-            cause = getattr(self.hallucinator, "stopped", None)
-            self._stopped = cause if isinstance(cause, RunStoppedError) else result
+            cause = self.hallucinator.stopped
+            self._stopped = cause if cause is not None else result
 
 
 @dataclass
