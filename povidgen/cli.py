@@ -24,6 +24,7 @@ from povidgen.eval import command as eval_command
 from povidgen.hub import command as push_command
 from povidgen.pairs.build_config import BuildConfig
 from povidgen.pairs.builder import BuildReport, PairBuilder
+from povidgen.pairs.duplicates import drop_kind
 from povidgen.pairs.output import OutputFolder, unwritable_parent
 from povidgen.redact import scrub
 from povidgen.registry import (
@@ -194,6 +195,24 @@ def _parser() -> argparse.ArgumentParser:
         choices=["first", "last", "all"],
         help="which exchanges of a multi-turn conversation (LLaVA 'conversations') become "
         "pairs, the earlier ones kept as context (default: first)",
+    )
+    build.add_argument(
+        "--pair-mode",
+        choices=["text", "image", "both", "mix"],
+        help="the contrast of each pair: text (hallucinated answer), image (distorted image, "
+        "same answer), both, or a seeded mix (default: both with a distorter, text without)",
+    )
+    build.add_argument(
+        "--mix",
+        type=_mix,
+        metavar="TEXT:IMAGE[:BOTH]",
+        help="with --pair-mode mix, the weights of the modes (default 1:1)",
+    )
+    build.add_argument(
+        "--drop-duplicates",
+        action="store_true",
+        help="drop near-duplicate pairs (rejected = chosen up to case and whitespace) and "
+        "repeated rows, each recorded in errors.jsonl and counted in summary.json",
     )
     build.add_argument(
         "--provider",
@@ -404,6 +423,17 @@ def _option(text: str) -> tuple[str, Any]:
         raise argparse.ArgumentTypeError(str(error)) from None
 
 
+def _mix(text: str) -> str:
+    """An argparse type: ``--mix``'s ``TEXT:IMAGE[:BOTH]`` weights, checked (kept as text)."""
+    from povidgen.pairs.modes import parse_mix
+
+    try:
+        parse_mix(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
 def _build_config(args: argparse.Namespace) -> BuildConfig:
     """The build's settings: ``--config``'s file, with the flags given over it."""
     given = {k: v for k, v in vars(args).items() if k in BuildConfig.model_fields}
@@ -481,6 +511,9 @@ def _build(args: argparse.Namespace) -> int:
         source=source,
         ray_address=config.ray,
         turns=config.turns,
+        pair_mode=config.pair_mode,
+        mix=config.mix_weights(),
+        drop_duplicates=config.drop_duplicates,
     )
     out = config.out
     try:
@@ -567,11 +600,19 @@ def _print_report(report: BuildReport, builder: PairBuilder, out: Path) -> None:
     print(f"pairs built:  {report.pairs}")
     print(f"rows failed:  {report.failed}")
     for stage, count in sorted(report.errors_by_stage.items()):
-        reasons = sorted({e.reason for e in builder.errors if e.stage == stage})
+        reasons = sorted(
+            {e.reason for e in builder.errors if e.stage == stage and drop_kind(e) is None}
+        )
         shown = "; ".join(reasons[:3]) + (
             f"; and {len(reasons) - 3} more" if len(reasons) > 3 else ""
         )
         print(f"  {stage}: {count} ({shown})")
+    if builder.drop_duplicates:
+        kinds = ", ".join(f"{k.replace('_', '-')}: {n}" for k, n in sorted(report.dropped.items()))
+        print(f"rows dropped: {sum(report.dropped.values())}" + (f" ({kinds})" if kinds else ""))
+    if "pairs" in builder.configuration():  # a build with pair modes or drops
+        modes = ", ".join(f"{mode} {n}" for mode, n in report.pair_modes.items())
+        print(f"pair modes:   {modes}")
     if report.not_attempted or report.withheld:
         print(f"not done:     {report.not_attempted + report.withheld} (left for the next run)")
     rate = report.rows / report.seconds if report.seconds > 0 else 0.0

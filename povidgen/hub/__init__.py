@@ -32,7 +32,7 @@ import datasets
 import pyarrow.parquet as pq
 
 from povidgen.errors import PovidgenError
-from povidgen.hub.card import PREVIEW, CardFacts, EditCounter, render_card
+from povidgen.hub.card import PREVIEW, CardFacts, EditCounter, dropped_of, render_card
 from povidgen.hub.client import HfHubClient, HubClient, git_blob_id, sha256_of
 from povidgen.redact import register_secret, scrub
 
@@ -315,6 +315,7 @@ def _facts(
             examples=examples,
             has_preview=has_preview,
             from_summary=True,
+            dropped=dropped_of(summary),
         )
     return CardFacts(
         repo_id=repo_id,

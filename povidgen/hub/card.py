@@ -22,6 +22,8 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from povidgen.pairs.duplicates import DROP_KINDS
+from povidgen.pairs.modes import PAIR_MODES, pair_mode_of
 from povidgen.pairs.trl_format import edit_spans
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "TASK_CATEGORIES",
     "CardFacts",
     "EditCounter",
+    "dropped_of",
     "mark_spans",
     "render_card",
     "size_category",
@@ -82,16 +85,23 @@ def size_category(pairs: int) -> str:
 
 @dataclass
 class EditCounter:
-    """Counts over the published rows: edits by kind and pair modes."""
+    """Counts over the published rows: edits by kind and pair modes.
+
+    ``text_contrast`` counts rows whose rejected text differs from chosen, ``image_contrast``
+    rows with a stored rejected image, ``modes`` rows by pair mode (``provenance.pair_mode``,
+    or read from the row: :func:`povidgen.pairs.modes.pair_mode_of`).
+    """
 
     edits: Counter[str] = field(default_factory=Counter)
     text_contrast: int = 0
     image_contrast: int = 0
     rows: int = 0
+    modes: Counter[str] = field(default_factory=Counter)
 
     def add(self, row: Mapping[str, Any]) -> None:
         """Count one row (a pairs row, as a dict)."""
         self.rows += 1
+        self.modes[pair_mode_of(row)] += 1
         provenance = row.get("provenance") or {}
         for edit in provenance.get("edits") or ():
             self.edits[str(edit.get("kind"))] += 1
@@ -126,6 +136,19 @@ class CardFacts:
     examples: Sequence[Mapping[str, Any]]
     has_preview: bool
     from_summary: bool
+    dropped: Mapping[str, int] | None = None
+    """Rows the build dropped by kind (``near_duplicate``, ``repeated``), or ``None`` when it
+    did not look for duplicates or is not known (:func:`dropped_of`)."""
+
+
+def dropped_of(summary: Mapping[str, Any]) -> dict[str, int] | None:
+    """The dropped rows a build's ``summary.json`` counts, or ``None`` when the build did not
+    drop duplicates (its configuration says so)."""
+    pairs = (summary.get("configuration") or {}).get("pairs") or {}
+    if not pairs.get("drop_duplicates"):
+        return None
+    recorded = summary.get("dropped") or {}
+    return {kind: int(recorded.get(kind) or 0) for kind in DROP_KINDS.values()}
 
 
 def render_card(facts: CardFacts, existing: str | None = None) -> str:
@@ -194,6 +217,15 @@ def _section(facts: CardFacts) -> str:
         "answer; the rejected answer is a rewrite with injected hallucinations"
         + (", and the rejected image a distorted copy of the image." if facts.distorter else ".")
     )
+    if facts.counts.modes.get("image") or (
+        facts.counts.modes.get("text") and facts.counts.modes.get("both")
+    ):
+        parts[-1] += (
+            " Pairs differ in what they contrast (the pair modes below): a text pair has a "
+            "rewritten answer and no rejected image; an image pair keeps the answer (`rejected` "
+            "repeats `chosen`) and has a distorted rejected image; a both pair has both. "
+            "`provenance.pair_mode` says which."
+        )
     parts += ["", "| | |", "| --- | --- |"]
     rows = [
         ("Source dataset", f"`{facts.source}`"),
@@ -217,6 +249,8 @@ def _section(facts: CardFacts) -> str:
         ("Rows failed", str(facts.failed) if facts.from_summary else "not recorded"),
         ("Text-contrast pairs", str(facts.counts.text_contrast)),
         ("Image-contrast pairs", str(facts.counts.image_contrast)),
+        ("Pair modes", _modes(facts)),
+        ("Rows dropped", _dropped(facts)),
         ("Cost", _cost(facts)),
         ("Time", _seconds(facts)),
         ("Built with", f"povidgen {facts.built_with}" if facts.built_with else "not recorded"),
@@ -334,6 +368,22 @@ def _inline(text: str) -> str:
 
 def _cell(text: str) -> str:
     return _inline(text).replace("|", "\\|")
+
+
+def _modes(facts: CardFacts) -> str:
+    """``text 9, image 5, both 6``: every mode with a row, in order."""
+    modes = facts.counts.modes
+    return ", ".join(f"{mode} {modes[mode]}" for mode in PAIR_MODES if modes[mode]) or "none"
+
+
+def _dropped(facts: CardFacts) -> str:
+    if not facts.from_summary:
+        return "not recorded"
+    if facts.dropped is None:
+        return "none (duplicates were not dropped)"
+    total = sum(facts.dropped.values())
+    kinds = ", ".join(f"{kind.replace('_', '-')} {n}" for kind, n in facts.dropped.items())
+    return f"{total} ({kinds})"
 
 
 def _cost(facts: CardFacts) -> str:

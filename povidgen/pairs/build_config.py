@@ -152,6 +152,15 @@ class BuildConfig(BaseModel):
     turns: Literal["first", "last", "all"] = "first"
     """The exchanges of a multi-turn conversation that become pairs (``--turns``; see
     :mod:`povidgen.sources.conversations`)."""
+    pair_mode: Literal["text", "image", "both", "mix"] | None = None
+    """The contrast each pair carries (``--pair-mode``; see :mod:`povidgen.pairs.modes`);
+    ``None``: ``both`` with a distorter, ``text`` without (what builds always made)."""
+    mix: str | dict[str, float] | None = None
+    """With ``pair_mode: mix``, the weights ``TEXT:IMAGE[:BOTH]`` (``--mix 3:1``; in YAML
+    quoted, ``'3:1'``, or a mapping ``{text: 3, image: 1}``)."""
+    drop_duplicates: bool = False
+    """Drop near-duplicate pairs and repeated rows, counted in ``summary.json``
+    (``--drop-duplicates``; see :mod:`povidgen.pairs.duplicates`)."""
     seed: int = Field(default=0, ge=0, le=_SEED_MAX)
     # the output
     out: Path
@@ -205,6 +214,17 @@ class BuildConfig(BaseModel):
             return {**data, "distorter": "none"}
         return data
 
+    @model_validator(mode="before")
+    @classmethod
+    def _mix_as_text(cls, data: Any) -> Any:
+        # YAML reads an unquoted 3:1 as the base-60 integer 181
+        if isinstance(data, dict) and isinstance(data.get("mix"), int | float):
+            raise ValueError(
+                f"mix: {data['mix']!r} is a number; write the weights quoted ('3:1') or as a "
+                "mapping ({text: 3, image: 1})"
+            )
+        return data
+
     @model_validator(mode="after")
     def _consistent(self) -> BuildConfig:
         if self.demo and self.dataset is not None:
@@ -221,7 +241,36 @@ class BuildConfig(BaseModel):
             raise ValueError(
                 f"--shard-index {self.shard_index} must be less than --num-shards {self.num_shards}"
             )
+        if self.mix is not None and self.pair_mode != "mix":
+            raise ValueError("--mix goes with --pair-mode mix (pair_mode: mix)")
+        weights = self.mix_weights() or {"text": 1, "image": 1}  # a bad --mix is refused here
+        uses_image = self.pair_mode in ("image", "both") or (
+            self.pair_mode == "mix" and any(weights.get(m, 0) > 0 for m in ("image", "both"))
+        )
+        if uses_image and self.distorter == "none":
+            raise ValueError(
+                f"--pair-mode {self.pair_mode} makes distorted images: it needs a distorter, "
+                "not --distorter none"
+            )
         return self
+
+    def mix_weights(self) -> dict[str, float] | None:
+        """The ``mix=`` of :meth:`~povidgen.PairBuilder.from_dataset`: :attr:`mix` as weights
+        by mode (``None`` when not given; a mix then weighs text and image alike).
+
+        Raises:
+            ValueError: a malformed ``--mix`` (one line, naming the flag).
+        """
+        from povidgen.pairs.modes import PairModes, parse_mix
+
+        if self.mix is None:
+            return None
+        try:
+            weights = parse_mix(self.mix) if isinstance(self.mix, str) else dict(self.mix)
+            PairModes.mix(weights)
+        except ValueError as error:
+            raise ValueError(f"--mix: {error}") from None
+        return weights
 
     # -- resolving ----------------------------------------------------------------------------
 

@@ -46,10 +46,28 @@ from povidgen.errors import (
     RunStoppedError,
 )
 from povidgen.hallucinate.base import HallucinationResult, Hallucinator
+from povidgen.pairs.duplicates import (
+    DROP_KINDS,
+    RepeatedRows,
+    content_key,
+    drop_kind,
+    near_duplicate,
+    near_duplicate_pair,
+    repeated_row,
+)
+from povidgen.pairs.modes import BUILD_MODES, BuildMode, PairMode, PairModes
 from povidgen.pairs.output import OutputFolder, read_json_object
 from povidgen.pairs.shards import ERRORS, SUMMARY, ShardLimits, ShardWriter, load_pairs, row_size
 from povidgen.pairs.trl_format import PNG_COMPRESS_LEVEL, pair_features, pair_to_row, png_bytes
-from povidgen.schema import Example, Hallucination, PreferencePair, Provenance, RowError, Stage
+from povidgen.schema import (
+    Edit,
+    Example,
+    Hallucination,
+    PreferencePair,
+    Provenance,
+    RowError,
+    Stage,
+)
 from povidgen.seeding import derive_seed
 from povidgen.sources.conversations import (
     CONVERSATIONS_COLUMN,
@@ -105,10 +123,17 @@ class BuildReport:
     kept_earlier: bool = False
     """An earlier output was kept: no pair was built (see ``allow_empty``) or the run stopped
     before the replacement was finished."""
+    dropped: Counter[str] = field(default_factory=Counter)
+    """Rows dropped on purpose (``drop_duplicates``), by kind: ``near_duplicate`` and
+    ``repeated`` (:mod:`povidgen.pairs.duplicates`), including those of earlier runs. They are
+    :class:`RowError` records too, but not failures: :attr:`failed` leaves them out."""
+    pair_modes: dict[str, int] = field(default_factory=dict)
+    """Pairs in the output by pair mode (``text``, ``image``, ``both``; see
+    :mod:`povidgen.pairs.modes`), including those an earlier run wrote."""
 
     @property
     def failed(self) -> int:
-        """Rows that became :class:`RowError` records."""
+        """Rows that failed (:class:`RowError` records other than dropped rows)."""
         return sum(self.errors_by_stage.values())
 
 
@@ -117,6 +142,7 @@ class _Pending:
     index: int
     example: Example
     source: SourceImage
+    mode: PairMode = "both"
 
 
 class PairBuilder:
@@ -157,6 +183,9 @@ class PairBuilder:
         source: str | None = None,
         ray_address: str | None = None,
         turns: Turns = "first",
+        pair_mode: BuildMode | None = None,
+        mix: Mapping[str, float] | None = None,
+        drop_duplicates: bool = False,
     ) -> None:
         if not isinstance(hallucinator, Hallucinator):
             raise TypeError(
@@ -176,6 +205,11 @@ class PairBuilder:
             raise ValueError(f"workers must be at least 1, got {workers}")
         if turns not in TURNS:
             raise ValueError(f"turns must be one of {', '.join(TURNS)}; got {turns!r}")
+        self.pair_modes = _pair_modes(pair_mode, mix, distorter)
+        """Each row's pair mode (:mod:`povidgen.pairs.modes`)."""
+        # what a build made before pair modes: such builds keep their configuration and columns
+        self._record_modes = self.pair_modes != _legacy_modes(distorter)
+        self.drop_duplicates = bool(drop_duplicates)
         self._rows = rows
         self.hallucinator = hallucinator
         self.distorter = distorter
@@ -237,6 +271,9 @@ class PairBuilder:
         streaming: bool = False,
         revision: str | None = None,
         turns: Turns = "first",
+        pair_mode: BuildMode | None = None,
+        mix: Mapping[str, float] | None = None,
+        drop_duplicates: bool = False,
     ) -> PairBuilder:
         """A builder over ``dataset``.
 
@@ -289,6 +326,21 @@ class PairBuilder:
                 exchange with the earlier ones as context and the id ``"<id>#turn<k>"``
                 (:mod:`povidgen.sources.conversations`); ``prompt_column`` and
                 ``answer_column`` need not exist. Plain rows ignore it.
+            pair_mode: the contrast each pair carries (:mod:`povidgen.pairs.modes`):
+                ``"text"`` (hallucinated answer, same image; no distortion), ``"image"``
+                (same answer, distorted image; no hallucinator call: ``rejected`` repeats
+                ``chosen``), ``"both"`` (hallucinated answer and distorted image), or
+                ``"mix"``: each row draws one from ``mix`` by its seed and id. ``None`` (the
+                default) is what povidgen always made: ``"both"`` with a distorter, ``"text"``
+                without; such a build's output, columns and configuration are unchanged. A
+                build with another choice records each row's mode in ``provenance.pair_mode``.
+                ``"image"``, ``"both"`` and a mix using them need a distorter.
+            mix: with ``pair_mode="mix"``, the weights of the modes (``{"text": 3, "image":
+                1}``; a missing mode weighs 0; default ``{"text": 1, "image": 1}``).
+            drop_duplicates: drop near-duplicate pairs (rejected equal to chosen up to case
+                and whitespace) and repeated input rows (the same image, prompt and answer as
+                an earlier row under another id), each with a :class:`RowError` record and a
+                count in ``summary.json`` (:mod:`povidgen.pairs.duplicates`).
 
         Raises:
             MissingColumnError: a named column is not in the dataset (the message lists those
@@ -355,6 +407,9 @@ class PairBuilder:
             source=source,
             ray_address=ray_address,
             turns=turns,
+            pair_mode=pair_mode,
+            mix=mix,
+            drop_duplicates=drop_duplicates,
         )
 
     # -- identity -----------------------------------------------------------------------------
@@ -377,7 +432,7 @@ class PairBuilder:
                 if self.distorter is None
                 else {"name": self.distorter.name, "params": self.distorter.params()}
             ),
-            "rejected_images": self.store_rejected_images and self.distorter is not None,
+            "rejected_images": self._stores_rejected_images(),
             "png_compress_level": PNG_COMPRESS_LEVEL,
             "num_shards": self.num_shards,
             "shard_index": self.shard_index,
@@ -388,12 +443,32 @@ class PairBuilder:
                 "confine": self.image_limits.confine,
             },
             "turns": self.turns,
+            # only when set: a build without pair modes or drops keeps its earlier configuration
+            **(
+                {
+                    "pairs": {
+                        "modes": self.pair_modes.as_dict(),
+                        "drop_duplicates": self.drop_duplicates,
+                    }
+                }
+                if self._record_modes or self.drop_duplicates
+                else {}
+            ),
         }
 
     def features(self) -> datasets.Features:
         """The columns this build writes."""
         return pair_features(
-            with_rejected_images=self.distorter is not None and self.store_rejected_images
+            with_rejected_images=self._stores_rejected_images(),
+            with_pair_mode=self._record_modes,
+        )
+
+    def _stores_rejected_images(self) -> bool:
+        """Whether the output has a ``rejected_images`` column (a text-only build has none)."""
+        return (
+            self.distorter is not None
+            and self.store_rejected_images
+            and self.pair_modes.single != "text"
         )
 
     # -- running ------------------------------------------------------------------------------
@@ -510,7 +585,7 @@ class PairBuilder:
         report = self.report
         report.resumed_rows = writer.pairs + writer.failed
         for error in previous:
-            report.errors_by_stage[error.stage] += 1
+            _count_error(report, error)
         tally = self._cost_tally()
         spent_before = 0.0 if tally is None else tally
         bar = _progress_bar(progress, self._total_rows(), report.resumed_rows)
@@ -530,7 +605,7 @@ class PairBuilder:
                         report.withheld += 1
                 elif isinstance(outcome, RowError):
                     self.errors.append(outcome)
-                    report.errors_by_stage[outcome.stage] += 1
+                    _count_error(report, outcome)
                     writer.add_error(outcome)
                 else:
                     writer.add_pair(index, outcome.id, outcome.row, outcome.size)
@@ -559,18 +634,27 @@ class PairBuilder:
             report.stopped = None if self._stopped is None else str(self._stopped)
             if interrupted:
                 report.stopped = report.stopped or "interrupted"
+            report.pair_modes = self._count_modes(writer)
             _write_summary(work, configuration, report, writer, self.errors)
             self.errors.extend(withheld)
             if withheld:
                 _append_errors(work, withheld)  # visible now; truncated and redone on resume
             logger.info(
-                "%s %d pairs from %d rows (%d failed) in %.1fs",
+                "%s %d pairs from %d rows (%d failed, %d dropped) in %.1fs",
                 "built" if report.complete else "stopped after",
                 report.pairs,
                 report.rows + report.resumed_rows,
                 report.failed,
+                sum(report.dropped.values()),
                 report.seconds,
             )
+
+    def _count_modes(self, writer: ShardWriter) -> dict[str, int]:
+        """The pairs written so far by pair mode (a pure function of the seed and each id, so
+        it is counted again from the ids rather than kept)."""
+        ids = [row_id for segment in writer.segments for row_id in segment.ids]
+        ids.extend(row_id for _, row_id in writer.taken_back()[0])
+        return self.pair_modes.count(self.seed, ids)
 
     def _cost_tally(self) -> float | None:
         # None: the hallucinator has no cost, or no price is known (unknown, not zero)
@@ -627,14 +711,35 @@ class PairBuilder:
 
     def _rows_from(self, start: int) -> Iterator[tuple[int, Mapping[str, Any], str | RowError]]:
         """This shard's rows from ``start`` on, each with its id or its input error (ids of
-        earlier rows are still read, so a duplicate of a finished row is caught)."""
+        earlier rows are still read, so a duplicate of a finished row is caught; with
+        ``drop_duplicates``, so is a repeat of any earlier row's content, in any share)."""
         seen: dict[str, int] = {}
+        repeats = RepeatedRows() if self.drop_duplicates else None
         for index, row in enumerate(self._rows):
             identity = self._identify(index, row, seen)
             row_id = identity if isinstance(identity, str) else identity.id
+            if repeats is not None and isinstance(identity, str):
+                key = self._content_key(row)
+                earlier = None if key is None else repeats.first(key, index, row_id)
+                if earlier is not None:
+                    identity = repeated_row(row_id, index, earlier)
             if not self._in_shard(row_id) or index < start:
                 continue
             yield index, row, identity
+
+    def _content_key(self, row: Mapping[str, Any]) -> bytes | None:
+        """The row's content key for repeated-row detection, or ``None`` for a row that fails
+        its checks anyway (a failing row must not make a good one a repeat)."""
+        turn = turn_of(row)
+        if turn is not None and turn.error is not None:
+            return None
+        prompt, answer = row.get(self.prompt_column), row.get(self.answer_column)
+        if not (isinstance(prompt, str) and prompt.strip()):
+            return None
+        if not (isinstance(answer, str) and answer.strip()):
+            return None
+        context = () if turn is None else turn.context
+        return content_key(row.get(self.image_column), prompt, answer, context)
 
     def _stream(self, start: int) -> Iterator[tuple[int, _Done | RowError, bool]]:
         """A sliding window: each row is decoded, sent and distorted on the worker pool as
@@ -698,12 +803,20 @@ class PairBuilder:
                 self._pool.map(lambda item: self._prepare(item[0], item[1], item[2], None), batch)
             )
             pending = [p for p in prepared if isinstance(p, _Prepared)]
-            results = self._loop.run(
-                self.hallucinator.ahallucinate_many(
-                    [p.pending.example for p in pending], concurrency=self.concurrency
+            # image-contrast rows keep their answer: no call
+            called = [p for p in pending if p.pending.mode != "image"]
+            results = (
+                self._loop.run(
+                    self.hallucinator.ahallucinate_many(
+                        [p.pending.example for p in called], concurrency=self.concurrency
+                    )
                 )
+                if called
+                else []
             )
-            by_index = {p.pending.index: r for p, r in zip(pending, results, strict=True)}
+            by_index: dict[int, object] = {
+                p.pending.index: r for p, r in zip(called, results, strict=True)
+            }
             # images are distorted and encoded only now, a window at a time, so a batch of
             # thousands of rows never holds all their encoded images at once
             encoded: deque[Future[_Prepared]] = deque()
@@ -718,7 +831,7 @@ class PairBuilder:
                         break
                     encoded.append(self._pool.submit(self._encode, following))
                 done = encoded.popleft().result()
-                yield self._logged((index, *self._complete(done, by_index[index])))
+                yield self._logged((index, *self._complete(done, by_index.get(index))))
 
         for item in self._rows_from(start):
             batch.append(item)
@@ -733,8 +846,9 @@ class PairBuilder:
     ) -> tuple[int, _Done | RowError, bool]:
         _, item, _ = outcome
         if isinstance(item, RowError):
+            verb = "dropped" if drop_kind(item) is not None else "failed"
             logger.info(
-                "row %d (%s) failed at %s: %s", item.index, item.id, item.stage, item.reason
+                "row %d (%s) %s at %s: %s", item.index, item.id, verb, item.stage, item.reason
             )
         return outcome
 
@@ -784,8 +898,9 @@ class PairBuilder:
             if self._closing:
                 interrupted = RunStoppedError("not attempted: interrupted")
                 return _row_error(row_id, index, "hallucinate", interrupted)  # resumable
-            coroutine = _bounded_call(self.hallucinator, read.example, slots)
-            call = asyncio.run_coroutine_threadsafe(coroutine, self._loop.loop)
+            if read.mode != "image":  # an image-contrast row keeps its answer: no call
+                coroutine = _bounded_call(self.hallucinator, read.example, slots)
+                call = asyncio.run_coroutine_threadsafe(coroutine, self._loop.loop)
         prepared = _Prepared(read, call)
         if slots is not None:
             self._encode(prepared)
@@ -795,7 +910,8 @@ class PairBuilder:
         """Distort the row's image and encode both images (PNG; the clean one as its source
         bytes where it needed no conversion)."""
         image = prepared.pending.example.image
-        if self.distorter is not None and self.store_rejected_images:
+        distorted_row = prepared.pending.mode != "text"  # a text-contrast row keeps its image
+        if self.distorter is not None and self.store_rejected_images and distorted_row:
             try:
                 distorted = self.distorter(image, seed=prepared.pending.example.seed)
                 prepared.rejected_bytes = png_bytes(distorted)
@@ -848,13 +964,17 @@ class PairBuilder:
             seed=derive_seed(self.seed, row_id),
             context=[] if turn is None else list(turn.context),
         )
-        return _Pending(index, example, source)
+        return _Pending(index, example, source, self.pair_modes.mode_of(self.seed, row_id))
 
     def _complete(self, prepared: _Prepared, result: object) -> tuple[_Done | RowError, bool]:
         """The row's pair from its prepared images and its call's result, or its failure
         (and whether it failed because the run stopped, so a later run makes it)."""
         example = prepared.pending.example
         index = prepared.pending.index
+        if prepared.pending.mode == "image":  # no call: the answer stays, the image differs
+            if prepared.distort_error is not None:
+                return _row_error(example.id, index, "distort", prepared.distort_error), False
+            return self._pair(prepared, example.answer, []), False
         if isinstance(result, RunStoppedError):
             self._note_stop(result)
             return _row_error(example.id, index, "hallucinate", result), True
@@ -870,34 +990,53 @@ class PairBuilder:
             ), False
         if prepared.distort_error is not None:
             return _row_error(example.id, index, "distort", prepared.distort_error), False
+        if self.drop_duplicates and near_duplicate(example.answer, result.rejected):
+            return near_duplicate_pair(example.id, index), False
+        return self._pair(prepared, result.rejected, result.edits), False
+
+    def _pair(self, prepared: _Prepared, rejected: str, edits: list[Edit]) -> _Done | RowError:
+        """The output row of a finished pair, or its ``pair`` failure."""
+        example = prepared.pending.example
+        mode = prepared.pending.mode
         try:
-            pair = PreferencePair(
-                id=example.id,
-                image=example.image,
-                prompt=example.prompt,
-                chosen=example.answer,
-                rejected=result.rejected,
-                rejected_image=None,
-                provenance=Provenance(
-                    hallucinator=self.hallucinator.name,
-                    hallucinator_params=self._params[0],
-                    distorter=None if self.distorter is None else self.distorter.name,
-                    distorter_params=self._params[1],
-                    seed=self.seed,
-                    example_seed=example.seed,
-                    edits=result.edits,
-                    povidgen_version=self._params[2],
-                    turn=len(example.context) if self._conversations else None,
-                ),
-                context=example.context,
+            provenance = Provenance(
+                hallucinator=self.hallucinator.name,
+                hallucinator_params=self._params[0],
+                distorter=None if self.distorter is None else self.distorter.name,
+                distorter_params=self._params[1],
+                seed=self.seed,
+                example_seed=example.seed,
+                edits=edits,
+                povidgen_version=self._params[2],
+                turn=len(example.context) if self._conversations else None,
+            )
+            fields: dict[str, Any] = {
+                "id": example.id,
+                "image": example.image,
+                "prompt": example.prompt,
+                "chosen": example.answer,
+                "rejected": rejected,
+                "rejected_image": None,
+                "provenance": provenance,
+                "context": example.context,
+            }
+            # an image-contrast pair repeats its answer by design (the contrast is in the
+            # image), which PreferencePair's own check, meant for text pairs, refuses
+            pair = (
+                PreferencePair.model_construct(**fields)
+                if mode == "image"
+                else PreferencePair(**fields)
             )
         except ValidationError as error:
             reason = "; ".join(e["msg"] for e in error.errors())
-            return _row_error(example.id, index, "pair", f"invalid pair: {reason}"), False
+            return _row_error(example.id, prepared.pending.index, "pair", f"invalid pair: {reason}")
         row = pair_to_row(
-            pair, image_bytes=prepared.image_bytes, rejected_image_bytes=prepared.rejected_bytes
+            pair,
+            image_bytes=prepared.image_bytes,
+            rejected_image_bytes=prepared.rejected_bytes,
+            pair_mode=mode if self._record_modes else None,
         )
-        return _Done(example.id, row, row_size(row)), False
+        return _Done(example.id, row, row_size(row))
 
     def _note_stop(self, result: RunStoppedError) -> None:
         if self._stopped is None:
@@ -989,10 +1128,16 @@ def _write_summary(
     writer: ShardWriter,
     errors: Sequence[RowError],
 ) -> None:
-    """``summary.json``: counts, failures by stage and reason, cost, time and configuration
-    (time and cost added up over every run that wrote the folder)."""
+    """``summary.json``: counts, failures by stage and reason, dropped rows by kind, pairs by
+    mode, cost, time and configuration (time and cost added up over every run that wrote the
+    folder)."""
     failures: dict[str, dict[str, int]] = {}
+    dropped = {kind: 0 for kind in DROP_KINDS.values()}
     for error in errors:
+        kind = drop_kind(error)
+        if kind is not None:
+            dropped[kind] += 1
+            continue
         by_reason = failures.setdefault(error.stage, {})
         by_reason[error.reason] = by_reason.get(error.reason, 0) + 1
     seconds = sum(s.seconds for s in writer.segments)
@@ -1009,9 +1154,11 @@ def _write_summary(
         "stopped": report.stopped,
         "rows": rows,
         "pairs": writer.pairs,
-        "failed": writer.failed,
+        "failed": writer.failed - sum(dropped.values()),
         "not_attempted": report.not_attempted + report.withheld,
         "failures": {stage: dict(sorted(r.items())) for stage, r in sorted(failures.items())},
+        "dropped": dropped,
+        "pair_modes": dict(report.pair_modes),
         "shards": len(writer.segments),
         "cost_usd": sum(costs) if costs else None,
         "cost_usd_all_runs": total_cost if report.cost_usd is not None or costs else None,
@@ -1038,7 +1185,48 @@ def _report_from_summary(folder: Path) -> BuildReport:
     report.resumed_rows = int(summary.get("rows", 0))
     for stage, reasons in (summary.get("failures") or {}).items():
         report.errors_by_stage[stage] += sum(reasons.values())
+    for kind, count in (summary.get("dropped") or {}).items():
+        if count:
+            report.dropped[kind] += int(count)
+    report.pair_modes = {k: int(v) for k, v in (summary.get("pair_modes") or {}).items()}
     return report
+
+
+def _count_error(report: BuildReport, error: RowError) -> None:
+    """Count a row's record in ``report``: a dropped row by kind, a failure by stage."""
+    kind = drop_kind(error)
+    if kind is not None:
+        report.dropped[kind] += 1
+    else:
+        report.errors_by_stage[error.stage] += 1
+
+
+def _legacy_modes(distorter: Distorter | None) -> PairModes:
+    """What a build made before pair modes: both contrasts with a distorter, text without."""
+    return PairModes.only("both" if distorter is not None else "text")
+
+
+def _pair_modes(
+    pair_mode: BuildMode | None, mix: Mapping[str, float] | None, distorter: Distorter | None
+) -> PairModes:
+    """The builder's :class:`PairModes`, checked against its distorter."""
+    if pair_mode is not None and pair_mode not in BUILD_MODES:
+        raise ValueError(f"pair_mode must be one of {', '.join(BUILD_MODES)}; got {pair_mode!r}")
+    if mix is not None and pair_mode != "mix":
+        raise ValueError(f"mix= goes with pair_mode='mix' (got pair_mode={pair_mode!r})")
+    if pair_mode is None:
+        return _legacy_modes(distorter)
+    if pair_mode == "mix":
+        modes = PairModes.mix({"text": 1.0, "image": 1.0} if mix is None else mix)
+    else:
+        modes = PairModes.only(pair_mode)
+    if distorter is None and (modes.uses("image") or modes.uses("both")):
+        needing = "image" if modes.uses("image") else "both"
+        raise ValueError(
+            f"pair mode {needing!r} needs a distorter to make the rejected image; give one "
+            "(povidgen.DiffusionNoise(step=500), say) or use pair_mode='text'"
+        )
+    return modes
 
 
 class _LoopThread:

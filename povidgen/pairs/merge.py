@@ -42,6 +42,8 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 from povidgen.errors import PovidgenError
+from povidgen.pairs.duplicates import DROP_KINDS, drop_kind
+from povidgen.pairs.modes import PairModes
 from povidgen.pairs.output import MARKER, OutputFolder, read_json_object
 from povidgen.pairs.shards import (
     DATA_DIR,
@@ -51,9 +53,9 @@ from povidgen.pairs.shards import (
     Segment,
     ShardLimits,
     ShardWriter,
+    features_of_configuration,
     row_size,
 )
-from povidgen.pairs.trl_format import pair_features
 from povidgen.schema import RowError
 
 __all__ = ["MergeError", "MergeReport", "merge_builds"]
@@ -77,7 +79,10 @@ class MergeReport:
     pairs: int = 0
     """Pairs in the merged output."""
     failed: int = 0
-    """Rows that failed (the lines of ``errors.jsonl``)."""
+    """Rows that failed (the lines of ``errors.jsonl`` other than dropped rows)."""
+    dropped: dict[str, int] = field(default_factory=dict)
+    """Rows dropped on purpose, by kind (``near_duplicate``, ``repeated``; see
+    :mod:`povidgen.pairs.duplicates`), kinds with none left out."""
     shards: int = 0
     """Parquet files in the merged output's ``data/`` folder."""
     already_complete: bool = False
@@ -160,6 +165,7 @@ def merge_builds(
                 failed=int(summary.get("failed", 0)),
                 shards=int(summary.get("shards", 0)),
                 already_complete=True,
+                dropped={k: int(n) for k, n in (summary.get("dropped") or {}).items() if n},
             )
         staging = target.staging(configuration)
         try:
@@ -211,11 +217,15 @@ def _read_share(path: Path) -> _Share:
         )
     segments = _read_segments(path)
     pairs = sum(s.pairs for s in segments)
-    failed = sum(s.failed for s in segments)
-    if (summary.get("pairs"), summary.get("failed")) != (pairs, failed):
+    failed = sum(s.failed for s in segments)  # the lines of errors.jsonl: dropped rows too
+    dropped = summary.get("dropped") or {}
+    recorded = summary.get("failed")
+    if isinstance(recorded, int) and isinstance(dropped, dict):
+        recorded += sum(int(n) for n in dropped.values() if isinstance(n, int))
+    if (summary.get("pairs"), recorded) != (pairs, failed):
         raise MergeError(
             f"{path}: summary.json counts {summary.get('pairs')} pairs and "
-            f"{summary.get('failed')} failures, its manifest {pairs} and {failed}"
+            f"{recorded} failed or dropped rows, its manifest {pairs} and {failed}"
         )
     errors = path / ERRORS
     size = errors.stat().st_size if errors.is_file() else None
@@ -320,9 +330,10 @@ def _merge_into(
     limits: ShardLimits,
 ) -> MergeReport:
     """Write the rows of ``shares`` in input order into the staging ``folder``."""
-    features = pair_features(with_rejected_images=bool(configuration["rejected_images"]))
+    features = features_of_configuration(configuration)
     writer = ShardWriter(folder, features, limits)
     failures: dict[str, dict[str, int]] = {}
+    dropped = {kind: 0 for kind in DROP_KINDS.values()}
     streams = [_share_items(number, share, writer.schema) for number, share in enumerate(shares)]
     expected = 0
     try:
@@ -332,8 +343,12 @@ def _merge_into(
             expected += 1
             writer.account(seconds=item.seconds, cost_usd=item.cost_usd)
             if item.error is not None:
-                by_reason = failures.setdefault(item.error.stage, {})
-                by_reason[item.error.reason] = by_reason.get(item.error.reason, 0) + 1
+                kind = drop_kind(item.error)
+                if kind is not None:
+                    dropped[kind] += 1
+                else:
+                    by_reason = failures.setdefault(item.error.stage, {})
+                    by_reason[item.error.reason] = by_reason.get(item.error.reason, 0) + 1
                 writer.add_error(item.error)
             else:
                 assert item.row is not None
@@ -349,10 +364,14 @@ def _merge_into(
     report = MergeReport(
         rows=writer.pairs + writer.failed,
         pairs=writer.pairs,
-        failed=writer.failed,
+        failed=writer.failed - sum(dropped.values()),
         shards=len(writer.segments),
+        dropped={kind: n for kind, n in dropped.items() if n},
     )
-    _write_summary(folder, shares, configuration, report, failures)
+    modes = PairModes.from_configuration(configuration).count(
+        int(configuration["seed"]), (row_id for s in writer.segments for row_id in s.ids)
+    )
+    _write_summary(folder, shares, configuration, report, failures, modes)
     return report
 
 
@@ -473,6 +492,7 @@ def _write_summary(
     configuration: dict[str, Any],
     report: MergeReport,
     failures: dict[str, dict[str, int]],
+    pair_modes: dict[str, int],
 ) -> None:
     """``summary.json`` of the merge: the keys of a build's, time and cost added up."""
 
@@ -490,6 +510,8 @@ def _write_summary(
         "failed": report.failed,
         "not_attempted": 0,
         "failures": {stage: dict(sorted(r.items())) for stage, r in sorted(failures.items())},
+        "dropped": {kind: report.dropped.get(kind, 0) for kind in DROP_KINDS.values()},
+        "pair_modes": pair_modes,
         "shards": report.shards,
         "cost_usd": total("cost_usd"),
         "cost_usd_all_runs": total("cost_usd_all_runs"),

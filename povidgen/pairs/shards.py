@@ -54,6 +54,7 @@ __all__ = [
     "SUMMARY",
     "ShardLimits",
     "ShardWriter",
+    "features_of_configuration",
     "load_pairs",
     "read_manifest",
     "shard_files",
@@ -555,10 +556,25 @@ def _features_of(folder: Path) -> datasets.Features:
 
     try:
         marker = json.loads((folder / MARKER).read_text(encoding="utf-8"))
-        with_rejected = bool(marker["configuration"]["rejected_images"])
+        return features_of_configuration(marker["configuration"])
     except (OSError, ValueError, KeyError, TypeError):
-        with_rejected = False
-    return pair_features(with_rejected_images=with_rejected)
+        return pair_features(with_rejected_images=False)
+
+
+def features_of_configuration(configuration: Mapping[str, Any]) -> datasets.Features:
+    """The columns of the build whose configuration (``povidgen-build.json``) this is:
+    ``rejected_images`` when it stores them, ``provenance.pair_mode`` when it has pair modes.
+
+    Raises:
+        KeyError: the configuration does not say whether rejected images are stored.
+    """
+    from povidgen.pairs.modes import PairModes
+    from povidgen.pairs.trl_format import pair_features
+
+    return pair_features(
+        with_rejected_images=bool(configuration["rejected_images"]),
+        with_pair_mode=PairModes.recorded(configuration),
+    )
 
 
 def iter_shard_rows(files: Sequence[Path], batch_size: int = 64) -> Iterator[dict[str, Any]]:

@@ -17,6 +17,12 @@ One row per pair::
 is what ``trl.DPOTrainer`` expects for vision data; ``edits[i].start:end`` index the rejected
 text.
 
+A build with pair modes (:mod:`povidgen.pairs.modes`: ``pair_mode`` other than what a build
+makes by default, or a mix) adds ``provenance.pair_mode`` (``text``, ``image`` or ``both``):
+a ``text`` row has no rejected image (``rejected_images`` is ``null`` when the column exists),
+an ``image`` row's ``rejected`` repeats ``chosen`` (the contrast is in ``rejected_images``).
+Builds without pair modes write the layout above unchanged.
+
 A turn ``k > 0`` of a multi-turn conversation keeps the ``k`` exchanges before it in
 ``prompt``, oldest first: ``[user (image, question 0), assistant (answer 0), ..., user
 (question k)]``; ``chosen``/``rejected`` are still the one final assistant message, and
@@ -67,8 +73,9 @@ _PROVENANCE = {
 }
 
 
-def pair_features(*, with_rejected_images: bool) -> Features:
-    """The ``datasets.Features`` of a pairs dataset, with or without ``rejected_images``."""
+def pair_features(*, with_rejected_images: bool, with_pair_mode: bool = False) -> Features:
+    """The ``datasets.Features`` of a pairs dataset, with or without ``rejected_images``, and
+    with ``provenance.pair_mode`` for a build with pair modes."""
     columns: dict[str, Any] = {
         "id": Value("string"),
         "images": List(Image()),
@@ -78,7 +85,9 @@ def pair_features(*, with_rejected_images: bool) -> Features:
     }
     if with_rejected_images:
         columns["rejected_images"] = List(Image())
-    columns["provenance"] = _PROVENANCE
+    columns["provenance"] = (
+        {**_PROVENANCE, "pair_mode": Value("string")} if with_pair_mode else _PROVENANCE
+    )
     return Features(columns)
 
 
@@ -87,8 +96,12 @@ def pair_to_row(
     *,
     image_bytes: bytes | None = None,
     rejected_image_bytes: bytes | None = None,
+    pair_mode: str | None = None,
 ) -> dict[str, Any]:
     """One dataset row for ``pair``.
+
+    ``pair_mode``, when given, is written as ``provenance.pair_mode`` (builds with pair modes,
+    see :func:`pair_features`).
 
     ``image_bytes``, when given, are stored for the clean image as they are (the source JPEG,
     say) instead of re-encoding ``pair.image`` as PNG. The distorted image is always stored as
@@ -122,6 +135,8 @@ def pair_to_row(
         "povidgen_version": provenance.povidgen_version,
         "turn": provenance.turn,
     }
+    if pair_mode is not None:
+        row["provenance"]["pair_mode"] = pair_mode
     return row
 
 

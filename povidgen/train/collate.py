@@ -278,6 +278,13 @@ class PreferenceCollator:
             for column, answer in zip(("chosen", "rejected"), answers, strict=False):
                 if not _response_text(answer).strip():
                     raise TrainingDataError(f"row {row_id}: {column!r} is empty")
+            if self.mode == "text" and _response_text(answers[0]) == _response_text(answers[1]):
+                # an image-contrast pair (povidgen.pairs.modes): DPO on it has zero gradient
+                raise TrainingDataError(
+                    f"row {row_id}: 'rejected' equals 'chosen' (an image-contrast pair): mode "
+                    "'text' learns nothing from it; train it with mode 'image' or 'povid', or "
+                    "leave image pairs out (provenance.pair_mode == 'image')"
+                )
             prompt_text, texts = self.split_texts(prompt, answers)
             tokenized = self._prompt(prompt_text, image)
             c = self._cut(row_id, tokenized.prompt, self._tokens(texts[0]), "chosen")
@@ -319,9 +326,17 @@ class PreferenceCollator:
         if self.distorter is not None:
             return self.distorter(image, seed=self.distortion_seed(row, row_id))
         if row.get("rejected_images") is None:
+            from povidgen.pairs.modes import pair_mode_of
+
+            text_pair = (
+                " (a text-contrast pair, pair_mode 'text': train it with mode 'text', or leave "
+                "text pairs out)"
+                if pair_mode_of(row) == "text"
+                else ""
+            )
             raise TrainingDataError(
                 f"row {row_id}: mode {self.mode!r} needs a rejected image: the row has no "
-                "'rejected_images' and no distorter was given"
+                f"'rejected_images' and no distorter was given{text_pair}"
             )
         return _single_image(row["rejected_images"], row_id, "rejected_images")
 
