@@ -34,13 +34,15 @@ from povidgen.errors import (
     RunStoppedError,
     VerificationError,
 )
-from povidgen.hallucinate.anthropic_api import AnthropicHallucinator
+from povidgen.hallucinate.anthropic_api import AnthropicBackend, AnthropicHallucinator
+from povidgen.hallucinate.backend import Backend, ChatReply, ChatRequest
 from povidgen.hallucinate.base import Hallucinator
 from povidgen.hallucinate.llm import LLMHallucinator
-from povidgen.hallucinate.openai_api import OpenAIHallucinator
+from povidgen.hallucinate.openai_api import OpenAIBackend, OpenAIHallucinator
 from povidgen.hallucinate.pricing import ModelPrice, Usage
 from povidgen.hallucinate.prompts import PromptConfig
 from povidgen.hallucinate.rule import RuleHallucinator
+from povidgen.hallucinate.scripted import ScriptedBackend
 from povidgen.hallucinate.transformers_local import TransformersHallucinator
 from povidgen.hub import publish
 from povidgen.pairs.build_config import BuildConfig
@@ -74,10 +76,14 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 __all__ = [
+    "AnthropicBackend",
     "AnthropicHallucinator",
+    "Backend",
     "BudgetExceededError",
     "BuildConfig",
     "BuildReport",
+    "ChatReply",
+    "ChatRequest",
     "ColorJitter",
     "Compose",
     "DatasetFormatError",
@@ -104,6 +110,7 @@ __all__ = [
     "MissingColumnError",
     "ModelPrice",
     "OneOf",
+    "OpenAIBackend",
     "OpenAIHallucinator",
     "OutputFolderError",
     "PairBuilder",
@@ -119,6 +126,7 @@ __all__ = [
     "RowError",
     "RuleHallucinator",
     "RunStoppedError",
+    "ScriptedBackend",
     "ShardLimits",
     "TransformersHallucinator",
     "Usage",

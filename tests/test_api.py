@@ -5,10 +5,14 @@ from __future__ import annotations
 import povidgen
 
 EXPECTED = [
+    "AnthropicBackend",
     "AnthropicHallucinator",
+    "Backend",
     "BudgetExceededError",
     "BuildConfig",
     "BuildReport",
+    "ChatReply",
+    "ChatRequest",
     "ColorJitter",
     "Compose",
     "DatasetFormatError",
@@ -35,6 +39,7 @@ EXPECTED = [
     "MissingColumnError",
     "ModelPrice",
     "OneOf",
+    "OpenAIBackend",
     "OpenAIHallucinator",
     "OutputFolderError",
     "PairBuilder",
@@ -50,6 +55,7 @@ EXPECTED = [
     "RowError",
     "RuleHallucinator",
     "RunStoppedError",
+    "ScriptedBackend",
     "ShardLimits",
     "TransformersHallucinator",
     "Usage",
