@@ -354,15 +354,28 @@ def mixed_rows(tmp_path_factory: pytest.TempPathFactory, demo: datasets.Dataset)
     return {mode: rows[:2] for mode, rows in by_mode.items()}
 
 
-def _trainer(mode: Any, rows: list[dict[str, Any]], **options: Any) -> Any:
+_TRAINERS: dict[tuple[str, str | None], Any] = {}
+
+
+def _trainer(mode: str, rows: list[dict[str, Any]], distorter: str | None = None) -> Any:
+    """A trainer on a tiny random LLaVA, one per mode and distorter for the module (a trainer
+    only collates and scores here, so it can be shared)."""
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
     from povidgen.train import DPOConfig, DPOTrainer
     from povidgen.train.tiny import tiny_vlm
 
-    model, processor = tiny_vlm("llava")
-    config = DPOConfig(mode=mode, batch_size=len(rows), lora_r=4, lora_alpha=8, **options)
-    return DPOTrainer(model, processor, rows, config)
+    if (mode, distorter) not in _TRAINERS:
+        model, processor = tiny_vlm("llava")
+        config = DPOConfig(
+            mode=mode,  # type: ignore[arg-type]
+            batch_size=2,
+            lora_r=4,
+            lora_alpha=8,
+            distorter=distorter,
+        )
+        _TRAINERS[mode, distorter] = DPOTrainer(model, processor, rows, config)
+    return _TRAINERS[mode, distorter]
 
 
 @pytest.mark.parametrize(
@@ -375,7 +388,7 @@ def test_the_trainer_takes_each_mode(
     import torch
 
     rows = mixed_rows[pair_mode]
-    trainer = _trainer(train_mode, rows)
+    trainer = _trainer(train_mode, mixed_rows["both"])
     batch = trainer.collator(rows)
     loss, _ = trainer.compute_loss(batch)
     assert torch.isfinite(loss)
@@ -387,7 +400,7 @@ def test_image_pairs_under_povid_train_only_the_image_half(mixed_rows: dict[str,
     """``rejected`` repeats ``chosen``: the text half's margin is zero (its gradient too),
     and the image half is POVID's noisy-image term."""
     rows = mixed_rows["image"]
-    trainer = _trainer("povid", rows)
+    trainer = _trainer("povid", mixed_rows["both"])
     _, metrics = trainer.compute_loss(trainer.collator(rows))
     assert metrics["logps/chosen"].tolist() == pytest.approx(
         metrics["logps/rejected"].tolist(), abs=1e-4
@@ -397,21 +410,18 @@ def test_image_pairs_under_povid_train_only_the_image_half(mixed_rows: dict[str,
 def test_the_collator_names_a_row_a_mode_cannot_use(mixed_rows: dict[str, Any]) -> None:
     from povidgen.train import TrainingDataError
 
-    image_rows = mixed_rows["image"]
-    trainer = _trainer("text", image_rows)
     with pytest.raises(TrainingDataError, match=r"'rejected' equals 'chosen' \(an image-contrast"):
-        trainer.collator(image_rows)
+        _trainer("text", mixed_rows["both"]).collator(mixed_rows["image"])
     # text rows sit in a build with a rejected_images column, as null
     text_rows = mixed_rows["text"]
-    trainer = _trainer("image", mixed_rows["both"])
     with pytest.raises(TrainingDataError, match="a text-contrast pair, pair_mode 'text'"):
-        trainer.collator(text_rows)
+        _trainer("image", mixed_rows["both"]).collator(text_rows)
     # a distorter makes their rejected image, so a whole mix trains under povid
-    trainer = _trainer("image", text_rows, distorter="diffusion")
-    assert trainer.collator(text_rows).noisy_vision is not None
     every = [row for rows in mixed_rows.values() for row in rows]
     trainer = _trainer("povid", every, distorter="diffusion")
-    loss, _ = trainer.compute_loss(trainer.collator(every))
+    batch = trainer.collator(every)
+    assert batch.noisy_vision is not None
+    loss, _ = trainer.compute_loss(batch)
     assert loss.isfinite()
 
 
