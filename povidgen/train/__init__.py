@@ -22,9 +22,11 @@ from povidgen.train.losses import (
     POVID_COMBINES,
     DPOLoss,
     DPOOutput,
+    PairModeLoss,
     POVIDLoss,
     POVIDOutput,
     dpo_loss,
+    pair_mode_loss,
     povid_loss,
 )
 from povidgen.train.noisy import noisy_logps, noisy_tokens
@@ -57,6 +59,7 @@ __all__ = [
     "POVIDLoss",
     "POVIDOutput",
     "PackedBatch",
+    "PairModeLoss",
     "PreferenceBatch",
     "PreferenceCollator",
     "ReferenceCache",
@@ -76,6 +79,7 @@ __all__ = [
     "noisy_tokens",
     "pack_shared_prefix",
     "packed_response_logps",
+    "pair_mode_loss",
     "povid_loss",
     "response_targets",
     "sequence_logps",

@@ -61,6 +61,8 @@ class PreferenceBatch:
         noisy_chosen_ids: the chosen answer as scored after the noisy prompt (it can differ
             from ``chosen_ids`` only by truncation, when the noisy prompt is longer).
         keys: per-row content fingerprints (prompt, responses, image bytes) for caches.
+        pair_modes: mode ``auto`` only: each row's pair mode (``text``, ``image`` or
+            ``both``, :func:`povidgen.pairs.modes.pair_mode_of`); ``None`` in other modes.
     """
 
     ids: list[str]
@@ -75,6 +77,7 @@ class PreferenceBatch:
     noisy_vision_rows: list[dict[str, Tensor]] | None = None
     noisy_mm_token_type_ids: list[Tensor] | None = None
     keys: list[str] = field(default_factory=list)
+    pair_modes: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -86,6 +89,15 @@ class PreferenceBatch:
         chosen = torch.tensor([len(c) for c in self.chosen_ids], device=device)
         rejected = torch.tensor([len(r) for r in self.rejected_ids], device=device)
         return chosen, rejected
+
+    def contrast_masks(self) -> tuple[Tensor, Tensor]:
+        """``(B,)`` bool masks ``(has_text, has_image)``: which contrasts each row carries
+        (mode ``auto``; without ``pair_modes`` every row carries both, as in ``povid``)."""
+        device = self.chosen_ids[0].device
+        modes = self.pair_modes or ["both"] * len(self)
+        text = torch.tensor([m != "image" for m in modes], dtype=torch.bool, device=device)
+        image = torch.tensor([m != "text" for m in modes], dtype=torch.bool, device=device)
+        return text, image
 
     def to(self, device: torch.device | str) -> PreferenceBatch:
         """A copy with every tensor on ``device``."""
@@ -167,9 +179,11 @@ class PreferenceCollator:
     Args:
         processor: the model's processor (tokenizer, image processor, chat template).
         family: the model's :class:`FamilyAdapter`.
-        mode: ``"text"``, ``"image"`` or ``"povid"``.
-        distorter: makes the rejected image in ``image`` / ``povid`` mode when given; else the
-            rows' ``rejected_images`` are used.
+        mode: ``"text"``, ``"image"``, ``"povid"`` or ``"auto"`` (each row by its pair mode,
+            :func:`povidgen.pairs.modes.pair_mode_of`: a ``text`` row's noisy prompt is its
+            clean one, a stand-in the loss masks out).
+        distorter: makes the rejected image in ``image`` / ``povid`` / ``auto`` mode when
+            given; else the rows' ``rejected_images`` are used.
         seed: global seed; a row's distortion seed is its ``provenance.example_seed`` (what
             the build used) or, without provenance, ``derive_seed(seed, id)``.
         max_length: longest ``[prompt | response]``, see the module docstring.
@@ -262,9 +276,14 @@ class PreferenceCollator:
         chosen: list[Tensor] = []
         rejected: list[Tensor] = []
         keys: list[str] = []
-        need_noisy = self.mode in ("image", "povid")
+        modes: list[str] = []
+        need_noisy = self.mode in ("image", "povid", "auto")
         for position, row in enumerate(rows):
             row_id = str(row.get("id", f"#{position}"))
+            if self.mode == "auto":
+                from povidgen.pairs.modes import pair_mode_of
+
+                modes.append(pair_mode_of(row))
             image = _single_image(row.get("images"), row_id, "images")
             prompt = _typed(row.get("prompt"), row_id, "prompt")
             if _image_count(prompt) != 1:
@@ -289,9 +308,15 @@ class PreferenceCollator:
             tokenized = self._prompt(prompt_text, image)
             c = self._cut(row_id, tokenized.prompt, self._tokens(texts[0]), "chosen")
             r = self._cut(row_id, tokenized.prompt, self._tokens(texts[-1]), "rejected")
-            digest = [prompt_text, *texts]
+            # auto: the noisy score means log p(c | I_noisy) on an image row, the argmax score
+            # on a both row, so the mode is part of what a cached reference score depends on
+            digest = [prompt_text, *texts, *modes[-1:]]
             if need_noisy:
-                noisy_image = self._noisy_image(row, row_id, image)
+                noisy_image = (
+                    image
+                    if self.mode == "auto" and modes[-1] == "text"
+                    else self._noisy_image(row, row_id, image)
+                )
                 noisy.append(self._prompt(prompt_text, noisy_image))
                 if len(noisy[-1].prompt) != len(tokenized.prompt):
                     raise TrainingDataError(
@@ -314,6 +339,7 @@ class PreferenceCollator:
             vision_rows=[p.vision for p in prompts],
             mm_token_type_ids=_types(prompts),
             keys=keys,
+            pair_modes=modes if self.mode == "auto" else None,
         )
         if need_noisy:
             batch.noisy_prompt_ids = [p.prompt for p in noisy]

@@ -2,7 +2,7 @@
 
 ::
 
-    povidgen train --model PATH --data DIR --out DIR [--mode text|image|povid] ...
+    povidgen train --model PATH --data DIR --out DIR [--mode text|image|povid|auto] ...
 
 Everything that can be checked cheaply is checked before the model is loaded: every flag's
 range, the model folder and its family, the output folder, the dataset's columns and, with
@@ -139,10 +139,11 @@ def add_parser(subcommands: argparse._SubParsersAction[Any]) -> None:
     objective = parser.add_argument_group("objective")
     objective.add_argument(
         "--mode",
-        choices=["text", "image", "povid"],
+        choices=["text", "image", "povid", "auto"],
         default="text",
         help="text: chosen vs hallucinated answer (POVID stage 1); image: chosen answer under "
-        "the clean vs the distorted image; povid: POVID stage 2 (default: text)",
+        "the clean vs the distorted image; povid: POVID stage 2; auto: each row by its "
+        "provenance.pair_mode (text, image or both), for a --pair-mode mix build (default: text)",
     )
     objective.add_argument(
         "--loss-type",
@@ -459,8 +460,8 @@ def _settings(args: argparse.Namespace) -> DPOConfig:
             )
         if not all(math.isfinite(w) for w in args.loss_weights):
             raise _fail("--loss-weights must be finite numbers")
-    if args.mode == "povid" and loss_types != ["sigmoid"]:
-        raise _fail("--mode povid uses POVID's own loss; drop --loss-type")
+    if args.mode in ("povid", "auto") and loss_types != ["sigmoid"]:
+        raise _fail(f"--mode {args.mode} uses POVID's own loss; drop --loss-type")
     if args.distorter is not None:
         from povidgen.registry import available_distorters
 
@@ -711,7 +712,7 @@ def _load_data(path: Path, split: str | None) -> datasets.Dataset:
 def _check_columns(data: datasets.Dataset, config: DPOConfig) -> None:
     columns = list(data.column_names)
     # povid mode without rejected images falls back to diffusion noise (see DPOConfig)
-    has_distorter = config.distorter is not None or config.mode == "povid"
+    has_distorter = config.distorter is not None or config.mode in ("povid", "auto")
     missing = [c for c in required_columns(config.mode, has_distorter) if c not in columns]
     if missing:
         hint = (

@@ -15,11 +15,14 @@ from povidgen.train.losses import LOSS_TYPES, POVID_COMBINES
 
 __all__ = ["DPOConfig", "Mode", "RefStrategy"]
 
-Mode = Literal["text", "image", "povid"]
+Mode = Literal["text", "image", "povid", "auto"]
 """``text``: chosen vs the hallucinated answer under the same image (POVID stage 1).
 ``image``: the chosen answer under the clean vs the distorted image (mDPO-style).
 ``povid``: POVID stage 2, the text loss plus the model's own argmax answer under a distorted
-image as a second rejected answer."""
+image as a second rejected answer.
+``auto``: each row by its pair mode (``provenance.pair_mode``, else read from the row, see
+:func:`povidgen.pairs.modes.pair_mode_of`): text rows get ``text``'s loss, image rows
+``image``'s, both rows ``povid``'s, in one batch (:func:`povidgen.train.pair_mode_loss`)."""
 
 RefStrategy = Literal["adapter", "copy", "precomputed"]
 """Where the reference log-probs come from: the policy with its LoRA adapter disabled, a
@@ -129,9 +132,10 @@ class DPOConfig(BaseModel):
             raise ValueError(
                 f"loss_weights has {len(self.loss_weights)} entries for {len(types)} loss types"
             )
-        if self.mode == "povid" and types != ["sigmoid"]:
+        if self.mode in ("povid", "auto") and types != ["sigmoid"]:
             raise ValueError(
-                "mode 'povid' uses POVID's own loss (povid_combine); loss_type must stay 'sigmoid'"
+                f"mode {self.mode!r} uses POVID's own loss (povid_combine); loss_type must stay "
+                "'sigmoid'"
             )
         if self.povid_combine not in POVID_COMBINES:  # pragma: no cover - Literal guards it
             raise ValueError(f"povid_combine must be one of {POVID_COMBINES}")

@@ -43,7 +43,9 @@ __all__ = [
     "DPOOutput",
     "POVIDLoss",
     "POVIDOutput",
+    "PairModeLoss",
     "dpo_loss",
+    "pair_mode_loss",
     "povid_loss",
 ]
 
@@ -1014,4 +1016,153 @@ class POVIDLoss(nn.Module):
         return (
             f"beta={self.beta}, combine={self.combine!r}, weights={self.weights}, "
             f"chosen_weight={self.chosen_weight}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# per-row pair modes (a mixed dataset in one run)
+# --------------------------------------------------------------------------------------------
+
+
+def _check_masks(has_text: Tensor, has_image: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    masks = []
+    for name, mask in (("has_text", has_text), ("has_image", has_image)):
+        if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != like.shape:
+            raise ValueError(f"{name} must be a bool tensor of shape {tuple(like.shape)}")
+        masks.append(mask.to(like.device))
+    if not bool((masks[0] | masks[1]).all()):
+        raise ValueError("every row needs has_text or has_image (a row with no contrast)")
+    return masks[0], masks[1]
+
+
+def pair_mode_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    policy_noisy_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    ref_noisy_logps: Tensor,
+    *,
+    has_text: Tensor,
+    has_image: Tensor,
+    beta: float | Tensor = 0.1,
+    combine: str = "mean_of_dpo",
+    weights: Sequence[float] = (0.5, 0.5),
+    chosen_weight: float = 1.0,
+) -> POVIDOutput:
+    r"""A batch of mixed pair modes: each row gets the loss terms its shape supports.
+
+    ``has_text`` / ``has_image`` (``(B,)`` bool) say which contrasts a row carries
+    (:func:`povidgen.pairs.modes.pair_mode_of`: ``text`` rows the text one, ``image`` rows the
+    image one, ``both`` rows both). With :math:`D(y) = \log\pi_\theta(y) -
+    \log\pi_\mathrm{ref}(y)` and :math:`\ell(d) = -\log\sigma(\beta d)`, row :math:`i`'s loss is
+
+    * text row: :math:`\ell(D(y_w) - D(y_l^{text}))`, sigmoid DPO, what ``mode="text"`` gives;
+    * image row: :math:`\ell(D(y_w) - D(y_l^{noise}))`, where the ``noisy`` inputs of an image
+      row hold :math:`\log\pi(y_w \mid I_{noisy}, q)`, what ``mode="image"`` gives;
+    * both row: :func:`povid_loss` with ``combine`` / ``weights`` / ``chosen_weight``, where the
+      ``noisy`` inputs hold POVID's argmax score, what ``mode="povid"`` gives.
+
+    The selection is a per-row ``torch.where`` over the three batched terms (no loop over
+    rows): a term a row does not have contributes neither value nor gradient. ``loss`` is the
+    mean of ``losses`` over the ``B`` rows, so a mixed batch's loss is
+    :math:`\frac1B\sum_i` (row :math:`i`'s loss in its own mode).
+
+    ``margins`` and ``accuracies`` follow the row's terms (an image row's accuracy compares the
+    chosen reward with the noisy one only); ``rejected_rewards`` / ``noisy_rewards`` are
+    reported for every row as computed (an image row's text reward is meaningless).
+
+    Args:
+        policy_chosen_logps ... ref_noisy_logps: as in :func:`povid_loss`, shape ``(B,)``.
+        has_text, has_image: ``(B,)`` bool masks; every row needs at least one.
+        beta, combine, weights, chosen_weight: as in :func:`povid_loss` (they shape the
+            ``both`` rows; text and image rows take plain sigmoid DPO).
+
+    Returns:
+        A :class:`POVIDOutput`.
+
+    Raises:
+        ValueError: on what :func:`povid_loss` refuses, masks that are not ``(B,)`` bool, or a
+            row with neither contrast.
+    """
+    out = povid_loss(
+        policy_chosen_logps,
+        policy_rejected_logps,
+        policy_noisy_logps,
+        ref_chosen_logps,
+        ref_rejected_logps,
+        ref_noisy_logps,
+        beta=beta,
+        combine=combine,
+        weights=weights,
+        chosen_weight=chosen_weight,
+    )
+    text, image = _check_masks(has_text, has_image, out.losses)
+    (pc, pr, pn, rc, rr, rn), _ = _check_logps(
+        [
+            ("policy_chosen_logps", policy_chosen_logps),
+            ("policy_rejected_logps", policy_rejected_logps),
+            ("policy_noisy_logps", policy_noisy_logps),
+            ("ref_chosen_logps", ref_chosen_logps),
+            ("ref_rejected_logps", ref_rejected_logps),
+            ("ref_noisy_logps", ref_noisy_logps),
+        ]
+    )
+    b = _check_beta(beta, pc)
+    margin_text = b * ((pc - rc) - (pr - rr))
+    margin_noisy = b * ((pc - rc) - (pn - rn))
+    both = text & image
+    losses = torch.where(
+        both,
+        out.losses,
+        torch.where(text, -F.logsigmoid(margin_text), -F.logsigmoid(margin_noisy)),
+    )
+    margins = torch.where(both, out.margins, torch.where(text, margin_text, margin_noisy))
+    beats_text = out.chosen_rewards > out.rejected_rewards
+    beats_noisy = out.chosen_rewards > out.noisy_rewards
+    accuracies = ((beats_text | ~text) & (beats_noisy | ~image)).float()
+    return POVIDOutput(
+        loss=losses.mean(),
+        losses=losses,
+        chosen_rewards=out.chosen_rewards,
+        rejected_rewards=out.rejected_rewards,
+        noisy_rewards=out.noisy_rewards,
+        margins=margins.detach(),
+        accuracies=accuracies,
+    )
+
+
+class PairModeLoss(POVIDLoss):
+    """:func:`pair_mode_loss` as an ``nn.Module`` holding its hyper-parameters (those of
+    :class:`POVIDLoss`).
+
+    ``forward`` takes the six ``(B,)`` log-prob tensors and the ``(B,)`` bool masks
+    ``has_text`` and ``has_image`` and returns a :class:`POVIDOutput`.
+    """
+
+    def forward(  # type: ignore[override]
+        self,
+        policy_chosen_logps: Tensor,
+        policy_rejected_logps: Tensor,
+        policy_noisy_logps: Tensor,
+        ref_chosen_logps: Tensor,
+        ref_rejected_logps: Tensor,
+        ref_noisy_logps: Tensor,
+        has_text: Tensor,
+        has_image: Tensor,
+    ) -> POVIDOutput:
+        """Compute :func:`pair_mode_loss` with this module's hyper-parameters."""
+        return pair_mode_loss(
+            policy_chosen_logps,
+            policy_rejected_logps,
+            policy_noisy_logps,
+            ref_chosen_logps,
+            ref_rejected_logps,
+            ref_noisy_logps,
+            has_text=has_text,
+            has_image=has_image,
+            beta=self.beta,
+            combine=self.combine,
+            weights=self.weights,
+            chosen_weight=self.chosen_weight,
         )

@@ -19,6 +19,10 @@ Modes (what the two or three scores are, all ``(B,)`` sums over response tokens)
 * ``image``: ``chosen = log p(c | I, q)``, ``rejected = log p(c | I_noisy, q)``;
 * ``povid``: ``text``'s two scores and ``noisy = sum_t log p(yhat_t | I, q, c_<t)`` with
   ``yhat_t = argmax_v p(v | I_noisy, q, c_<t)`` (no gradient through the noisy stream).
+* ``auto`` (each row by its pair mode): ``povid``'s three scores, except that an ``image``
+  row's ``noisy`` is ``log p(c | I_noisy, q)`` (``image``'s ``rejected``; the noisy stream
+  then keeps its graph). A ``text`` row's noisy stream runs on its clean image, a stand-in
+  the loss masks out (it costs one extra prompt pass per text row).
 """
 
 from __future__ import annotations
@@ -56,7 +60,9 @@ class Scores:
     Attributes:
         chosen, rejected: the chosen and the rejected response (see the module docstring for
             what ``rejected`` is in each mode).
-        noisy: POVID stage 2's noisy-image score, ``None`` in other modes.
+        noisy: POVID stage 2's noisy-image score, ``None`` in other modes; in mode ``auto``
+            an ``image`` row's ``log p(c | I_noisy, q)`` instead (what mode ``image`` calls
+            ``rejected``), a ``both`` row's argmax score, a ``text`` row's a masked stand-in.
         chosen_lengths, rejected_lengths: response token counts.
     """
 
@@ -90,7 +96,8 @@ class Scorer:
 
     Args:
         family: the model's :class:`FamilyAdapter`.
-        mode: ``"text"``, ``"image"`` or ``"povid"``.
+        mode: ``"text"``, ``"image"``, ``"povid"`` or ``"auto"`` (``povid``'s three scores,
+            with ``noisy`` per row as :class:`Scores` says).
         packing: use the packed layout where the attention implementation allows it.
         padding_free: with packing, several pairs per row.
         chunk_size: see :func:`povidgen.train.sequence_logps`.
@@ -254,8 +261,9 @@ class Scorer:
         )
         logps = self._logps(hidden, weight, labels).view(n, 2)
         noisy_score = None
-        if self.mode == "povid":
-            with torch.no_grad():
+        if self.mode in ("povid", "auto"):
+            image_rows = self._image_rows(batch)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and image_rows is not None):
                 noisy_hidden, noisy_labels = self._packed_hidden(
                     model,
                     self._groups(
@@ -265,6 +273,9 @@ class Scorer:
             noisy_score = self._noisy_score(
                 hidden[0::2], weight, noisy_hidden, noisy_labels, shift=False
             )
+            if image_rows is not None:
+                noisy_chosen = self._logps(noisy_hidden, weight, noisy_labels)
+                noisy_score = torch.where(image_rows, noisy_chosen, noisy_score)
         return Scores(logps[:, 0], logps[:, 1], noisy_score, *batch.response_lengths())
 
     def _logps(self, hidden: Tensor, weight: Tensor, labels: Tensor) -> Tensor:
@@ -329,10 +340,11 @@ class Scorer:
         )
         logps = self._shifted_logps(hidden, weight, labels)
         noisy_score = None
-        if self.mode == "povid":
+        if self.mode in ("povid", "auto"):
             assert batch.noisy_prompt_ids is not None
             assert batch.noisy_vision_rows is not None
-            with torch.no_grad():
+            image_rows = self._image_rows(batch)
+            with torch.set_grad_enabled(torch.is_grad_enabled() and image_rows is not None):
                 noisy_hidden, noisy_labels = self._plain_hidden(
                     model,
                     batch.noisy_prompt_ids,
@@ -343,7 +355,20 @@ class Scorer:
             noisy_score = self._noisy_score(
                 hidden[:n], weight, noisy_hidden, noisy_labels, shift=True
             )
+            if image_rows is not None:
+                noisy_chosen = self._shifted_logps(noisy_hidden, weight, noisy_labels)
+                noisy_score = torch.where(image_rows, noisy_chosen, noisy_score)
         return Scores(logps[:n], logps[n:], noisy_score, *batch.response_lengths())
+
+    def _image_rows(self, batch: PreferenceBatch) -> Tensor | None:
+        """Mode ``auto``: the ``(B,)`` mask of image-only rows, whose noisy score is the
+        chosen answer under the noisy image (so the noisy stream keeps its graph); ``None``
+        when there are none (the noisy stream then runs without graph, as in ``povid``)."""
+        if batch.pair_modes is None or "image" not in batch.pair_modes:
+            return None
+        return torch.tensor(
+            [m == "image" for m in batch.pair_modes], device=batch.chosen_ids[0].device
+        )
 
     def _noisy_score(
         self,

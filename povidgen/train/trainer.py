@@ -47,7 +47,7 @@ from torch import Tensor, nn
 from povidgen.train.collate import PreferenceBatch, PreferenceCollator, TrainingDataError
 from povidgen.train.config import DPOConfig
 from povidgen.train.families import family_of, unwrap_model, unwrap_peft, vision_is_frozen
-from povidgen.train.losses import dpo_loss, povid_loss
+from povidgen.train.losses import dpo_loss, pair_mode_loss, povid_loss
 from povidgen.train.reference import (
     ReferenceCache,
     model_fingerprint,
@@ -108,7 +108,7 @@ class _Policy(nn.Module):
 def required_columns(mode: str, has_distorter: bool) -> list[str]:
     """The dataset columns a mode needs."""
     columns = ["images", "prompt", "chosen"]
-    if mode in ("text", "povid"):
+    if mode in ("text", "povid", "auto"):
         columns.append("rejected")
     if mode == "image" and not has_distorter:
         columns.append("rejected_images")
@@ -397,7 +397,26 @@ class DPOTrainer:
             "logps/chosen": policy.chosen.detach(),
             "logps/rejected": policy.rejected.detach(),
         }
-        if cfg.mode == "povid":
+        if cfg.mode == "auto":
+            assert policy.noisy is not None
+            assert ref.noisy is not None
+            has_text, has_image = batch.contrast_masks()
+            out = pair_mode_loss(
+                policy.chosen,
+                policy.rejected,
+                policy.noisy,
+                ref.chosen,
+                ref.rejected,
+                ref.noisy,
+                has_text=has_text,
+                has_image=has_image,
+                beta=cfg.beta,
+                combine=cfg.povid_combine,
+                weights=cfg.povid_weights,
+            )
+            metrics["logps/noisy"] = policy.noisy.detach()
+            metrics["rewards/noisy"] = out.noisy_rewards
+        elif cfg.mode == "povid":
             assert policy.noisy is not None
             assert ref.noisy is not None
             out = povid_loss(
