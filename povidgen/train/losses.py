@@ -1073,10 +1073,20 @@ def pair_mode_loss(
     reported for every row as computed (an image row's text reward is meaningless).
 
     Args:
-        policy_chosen_logps ... ref_noisy_logps: as in :func:`povid_loss`, shape ``(B,)``.
-        has_text, has_image: ``(B,)`` bool masks; every row needs at least one.
-        beta, combine, weights, chosen_weight: as in :func:`povid_loss` (they shape the
-            ``both`` rows; text and image rows take plain sigmoid DPO).
+        policy_chosen_logps: :math:`\log\pi_\theta(y_w)`, shape ``(B,)``.
+        policy_rejected_logps: :math:`\log\pi_\theta(y_l^{text})`, shape ``(B,)``.
+        policy_noisy_logps: the policy's noisy score (see above), shape ``(B,)``.
+        ref_chosen_logps: :math:`\log\pi_\mathrm{ref}(y_w)`, shape ``(B,)``.
+        ref_rejected_logps: :math:`\log\pi_\mathrm{ref}(y_l^{text})`, shape ``(B,)``.
+        ref_noisy_logps: the reference's noisy score, shape ``(B,)``.
+        has_text: ``(B,)`` bool, the rows with a text contrast (``text`` and ``both``).
+        has_image: ``(B,)`` bool, the rows with an image contrast (``image`` and ``both``);
+            every row needs at least one of the two.
+        beta: as in :func:`povid_loss`.
+        combine: as in :func:`povid_loss`; it shapes the ``both`` rows only (text and image
+            rows take plain sigmoid DPO).
+        weights: as in :func:`povid_loss` (``both`` rows only).
+        chosen_weight: as in :func:`povid_loss` (``both`` rows, ``"single_sigmoid"`` only).
 
     Returns:
         A :class:`POVIDOutput`.
