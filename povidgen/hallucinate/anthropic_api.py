@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, SecretStr, ValidationError
 
 from povidgen.errors import ProviderError
-from povidgen.hallucinate.backend import Backend, ChatReply, ChatRequest
+from povidgen.hallucinate.backend import ChatReply, ChatRequest
 from povidgen.hallucinate.batch import BatchBackend, BatchItem, BatchProgress, BatchResult
-from povidgen.hallucinate.keys import resolve_api_key
 from povidgen.hallucinate.llm import LLMHallucinator
 from povidgen.hallucinate.pricing import ANTHROPIC_IMAGE_TOKENS, Usage, anthropic_image_tokens
 from povidgen.hallucinate.prompts import RewriteReply
-from povidgen.redact import register_secret
+from povidgen.hallucinate.sdk_backend import SDKBackend
 
 __all__ = ["AnthropicBackend", "AnthropicHallucinator"]
 
@@ -32,7 +29,7 @@ def _import_anthropic() -> Any:
     return anthropic
 
 
-class AnthropicBackend(Backend):
+class AnthropicBackend(SDKBackend):
     """Anthropic's Messages API as a backend.
 
     The request carries the system prompt, the image (a base64 JPEG block, when the request
@@ -52,6 +49,10 @@ class AnthropicBackend(Backend):
     """
 
     provider = "anthropic"
+    sdk_name = "Anthropic"
+    base_url_env = "ANTHROPIC_BASE_URL"
+    key_env = "ANTHROPIC_API_KEY"
+    default_endpoint = "https://api.anthropic.com"
 
     def __init__(
         self,
@@ -63,52 +64,20 @@ class AnthropicBackend(Backend):
         api_key_env: str | None = None,
         timeout: float = 60.0,
     ) -> None:
-        self.model = model
-        self.timeout = timeout
         self._anthropic = _import_anthropic()
-        self._user_client: Any | None = None
-        self._client: Any | None = None
-        self._client_loop: asyncio.AbstractEventLoop | None = None
-        self._base_url: str | None = None
-        self._api_key = SecretStr("")
-        if client is not None:
-            self._user_client = client.with_options(max_retries=0, timeout=timeout)
-            register_secret(getattr(client, "api_key", None))
-        else:
-            self._base_url = base_url or os.environ.get("ANTHROPIC_BASE_URL") or None
-            self._api_key = resolve_api_key(
-                provider="Anthropic",
-                api_key=api_key,
-                api_key_env=api_key_env,
-                default_env="ANTHROPIC_API_KEY",
-                base_url=self._base_url,
-            )
+        super().__init__(
+            model,
+            client=client,
+            base_url=base_url,
+            api_key=api_key,
+            api_key_env=api_key_env,
+            timeout=timeout,
+        )
 
-    def client(self) -> Any:
-        """The SDK client for the running event loop (see
-        :meth:`~povidgen.hallucinate.openai_api.OpenAIBackend.client`)."""
-        if self._user_client is not None:
-            return self._user_client
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._client_loop is not loop:
-            self._client = self._anthropic.AsyncAnthropic(
-                api_key=self._api_key.get_secret_value(),
-                base_url=self._base_url,
-                max_retries=0,
-                timeout=self.timeout,
-            )
-            self._client_loop = loop
-        return self._client
-
-    async def aclose(self) -> None:
-        client, self._client, self._client_loop = self._client, None, None
-        if client is not None:
-            await client.close()
-
-    @property
-    def endpoint(self) -> str:
-        base_url = getattr(self._user_client, "base_url", None) or self._base_url
-        return str(base_url) if base_url is not None else "https://api.anthropic.com"
+    def _new_client(self, api_key: str, base_url: str | None, timeout: float) -> Any:
+        return self._anthropic.AsyncAnthropic(
+            api_key=api_key, base_url=base_url, max_retries=0, timeout=timeout
+        )
 
     def image_tokens_for(self, width: int, height: int) -> int:
         """Anthropic's image tokens for this size: see
