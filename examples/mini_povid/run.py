@@ -78,7 +78,7 @@ class Settings:
     dpo_batch: int = 8
     stage1_steps: int = 300
     stage2_steps: int = 300
-    dpo_lr: float = 1e-3
+    dpo_lr: float = 2e-4
     beta: float = 0.1
     lora_r: int = 16
     lora_alpha: int = 32

@@ -29,8 +29,8 @@ Columns (one row per caption or question): ``id`` (``"scene-000042"`` for the ca
 ``"scene-000042-qa0"``... for the questions), ``scene_id``, ``image`` (a ``datasets.Image``,
 PNG), ``prompt``, ``answer``, ``web_answer``, ``task`` (``"caption"`` or ``"qa"``),
 ``question_type`` (``"caption"`` or one of :data:`~povidgen.sources.demo.QUESTION_TYPES`),
-``objects`` (the object classes in the image, sorted: the ground truth of CHAIR and POPE,
-``"ball"`` standing for COCO's ``"sports ball"``) and ``scene`` (the scene as JSON, see
+``objects`` (the object classes in the image, sorted: the ground truth of CHAIR and POPE;
+score with ``povidgen.eval.SCENE_VOCABULARY``) and ``scene`` (the scene as JSON, see
 :func:`~povidgen.sources.demo.parse_scene`).
 
 Everything is deterministic: the same arguments give the same rows and the same PNG bytes.
@@ -73,7 +73,6 @@ if TYPE_CHECKING:
     import datasets
 
 __all__ = [
-    "COCO_NAMES",
     "COOCCURRENCE",
     "SCENES_MARKER",
     "SceneSettings",
@@ -102,9 +101,6 @@ COOCCURRENCE: dict[str, tuple[ObjectName, ...]] = {
 co-occurrence table (``povidgen/hallucinate/data/cooccurrence.json``) restricted to scene
 classes and made symmetric, so the objects a web caption adds are the objects the rule
 hallucinator swaps in."""
-
-COCO_NAMES: dict[str, str] = {name: name for name in OBJECT_NAMES} | {"ball": "sports ball"}
-"""The COCO category of each scene class (CHAIR and POPE speak COCO)."""
 
 _SPLITS = ("train", "test")
 
