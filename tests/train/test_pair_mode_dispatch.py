@@ -4,6 +4,7 @@ each row with the loss terms its shape supports (per-row masks in :func:`pair_mo
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -183,3 +184,48 @@ def test_single_modes_keep_their_one_line_errors() -> None:
         trainer("auto", [text, bare], True).collator([bare])
     with pytest.raises(ValueError, match="mode 'auto' uses POVID's own loss"):
         DPOConfig(mode="auto", loss_type="ipo")
+
+
+# ------------------------------------------------------------------------------------- the CLI
+
+
+@pytest.fixture(scope="module")
+def cli_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    import datasets
+
+    from povidgen.train.tiny import save_tiny_vlm
+
+    root = tmp_path_factory.mktemp("pair-mode-cli")
+    rows = mixed_rows() + mixed_rows()
+    for i, row in enumerate(rows):
+        row["id"] = f"row-{i}"
+    datasets.Dataset.from_list(rows).save_to_disk(str(root / "mixed"))
+    return save_tiny_vlm("llava", root / "model"), root / "mixed"
+
+
+def train_cli(model: Path, data: Path, out: Path, *flags: str) -> int:
+    from povidgen.cli import main
+
+    argv = ["train", "--model", str(model), "--data", str(data), "--out", str(out)]
+    argv += ["--batch-size", "3", "--lora-r", "4", "--lora-alpha", "8", "--device", "cpu"]
+    return main([*argv, *flags])
+
+
+def test_cli_mode_auto_trains_a_mixed_dataset(
+    cli_inputs: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model, data = cli_inputs
+    assert train_cli(model, data, tmp_path / "auto", "--mode", "auto", "--max-steps", "1") == 0
+    assert (tmp_path / "auto" / "final").is_dir()
+    capsys.readouterr()
+    # the other modes keep their one-line refusals on the same data (exit 2, no traceback);
+    # one batch of all six rows, so that it holds image rows whatever the shuffle
+    flags = ("--mode", "text", "--max-steps", "1", "--batch-size", "6")
+    assert train_cli(model, data, tmp_path / "text", *flags) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err  # progress bars may precede the one error line
+    assert [line for line in err.splitlines() if "'rejected' equals 'chosen'" in line]
+    assert train_cli(model, data, tmp_path / "ipo", "--mode", "auto", "--loss-type", "ipo") == 2
+    err = capsys.readouterr().err
+    assert "--mode auto uses POVID's own loss" in err
+    assert len(err.strip().splitlines()) == 1  # refused before the model loads
