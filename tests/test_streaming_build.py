@@ -378,9 +378,13 @@ def test_a_ctrl_c_while_a_row_group_is_written_lands_between_rows(
     out = tmp_path / "out"
     out.mkdir()
     writer = ShardWriter(out, made.features(), ShardLimits(max_rows=100, group_rows=2))
-    with pytest.raises(KeyboardInterrupt):
+
+    def add_all() -> None:
         for index, row in enumerate(rows):
             writer.add_pair(index, row["id"], row, 1)
+
+    with pytest.raises(KeyboardInterrupt):
+        add_all()
     assert writer.pairs == 2  # the interrupt came as the second row's call returned
     monkeypatch.undo()
     writer.suspend()
