@@ -432,7 +432,10 @@ def mid_shard(api: Api, out: Path, logs: Path) -> Callable[[], bool]:
     def when() -> bool:
         written = rows_written(logs)  # first: rows only grow, and the manifest after them
         finished = manifest_lines(out)
-        return finished >= 1 and 8 * finished + 2 <= written <= 8 * finished + 4
+        # and a reply old enough for the rerun's check: on a fast machine every reply so
+        # far could have landed within GRACE of the stop, leaving that check empty
+        settled = bool(api.replies.before(time.monotonic() - GRACE))
+        return finished >= 1 and 8 * finished + 2 <= written <= 8 * finished + 4 and settled
 
     return when
 
