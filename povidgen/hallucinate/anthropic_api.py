@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -146,20 +147,12 @@ class AnthropicHallucinator(LLMHallucinator):
         super().__init__(model, backend=backend, **options)
 
     def _batch_request(self, system: str, user: str, image_url: str | None) -> dict[str, Any]:
-        # the schema transform that messages.parse uses, so batch and live requests agree
-        from anthropic.lib._parse._transform import transform_schema
-
         return {
             "model": self.model,
             "max_tokens": self.max_output_tokens,
             "system": system,
             "messages": _messages(user, image_url),
-            "output_config": {
-                "format": {
-                    "type": "json_schema",
-                    "schema": transform_schema(RewriteReply.model_json_schema()),
-                }
-            },
+            "output_config": {"format": {"type": "json_schema", "schema": _schema(RewriteReply)}},
         }
 
     def _batch_backend(self) -> BatchBackend:
@@ -234,6 +227,16 @@ def _reply(message: Any, *, parse: bool = True) -> ChatReply:
     if not parse:  # the SDK parsed it already
         return ChatReply(text, usage=usage)
     return ChatReply.from_text(text, RewriteReply, usage=usage)
+
+
+@functools.cache
+def _schema(model: type[BaseModel]) -> dict[str, Any]:
+    """``model``'s JSON schema through the transform ``messages.parse`` uses (so batch and
+    live requests agree), made once a model rather than once a batch row."""
+    from anthropic.lib._parse._transform import transform_schema
+
+    made: dict[str, Any] = transform_schema(model.model_json_schema())
+    return made
 
 
 def _messages(user: str, image_url: str | None) -> list[dict[str, Any]]:

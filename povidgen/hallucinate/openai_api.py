@@ -93,12 +93,14 @@ class OpenAIBackend(SDKBackend):
 
     def body(self, request: ChatRequest) -> dict[str, Any]:
         """The Chat Completions body of ``request`` (also a batch request's body)."""
-        return {
-            "model": self.model,
-            "messages": _messages(request.system, request.user, request.image_url),
-            "response_format": _response_format(request.schema),
-            "max_completion_tokens": request.max_tokens,
-        }
+        return _body(
+            self.model,
+            request.system,
+            request.user,
+            request.image_url,
+            request.schema,
+            request.max_tokens,
+        )
 
     async def send(self, request: ChatRequest) -> ChatReply:
         # The same request as ``chat.completions.parse`` sends, through the SDK's public
@@ -166,12 +168,7 @@ class OpenAIHallucinator(LLMHallucinator):
         super().__init__(model, backend=backend, **options)
 
     def _batch_request(self, system: str, user: str, image_url: str | None) -> dict[str, Any]:
-        return {
-            "model": self.model,
-            "messages": _messages(system, user, image_url),
-            "response_format": _response_format(RewriteReply),
-            "max_completion_tokens": self.max_output_tokens,
-        }
+        return _body(self.model, system, user, image_url, RewriteReply, self.max_output_tokens)
 
     def _batch_backend(self) -> BatchBackend:
         return _OpenAIBatches(self.backend.client())
@@ -273,6 +270,23 @@ def _response_format(schema: type[BaseModel]) -> dict[str, Any]:
 
     made: Any = type_to_response_format_param(schema)
     return dict(made)
+
+
+def _body(
+    model: str,
+    system: str,
+    user: str,
+    image_url: str | None,
+    schema: type[BaseModel],
+    max_tokens: int,
+) -> dict[str, Any]:
+    """The Chat Completions body, live or in a batch (one place, so the two agree)."""
+    return {
+        "model": model,
+        "messages": _messages(system, user, image_url),
+        "response_format": _response_format(schema),
+        "max_completion_tokens": max_tokens,
+    }
 
 
 def _messages(system: str, user: str, image_url: str | None) -> list[dict[str, Any]]:
