@@ -566,8 +566,8 @@ class PairBuilder:
             except BaseException:
                 shutil.rmtree(root, ignore_errors=True)
                 raise
-            return load_pairs(out_dir, cache_dir=out_dir / ".cache")
-        self.run(out_dir, overwrite=overwrite, allow_empty=True, progress=progress)
+        else:
+            self.run(out_dir, overwrite=overwrite, allow_empty=True, progress=progress)
         # the memory-mapped Arrow copy stays inside the folder povidgen owns (hidden, so
         # load_dataset(DIR) does not read it as data)
         return load_pairs(out_dir, cache_dir=Path(out_dir) / ".cache")
