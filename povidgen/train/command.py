@@ -70,6 +70,7 @@ _FLAGS = {
     "loss_type": "--loss-type",
     "loss_weights": "--loss-weights",
     "beta": "--beta",
+    "rpo_alpha": "--rpo-alpha",
     "learning_rate": "--learning-rate",
     "max_steps": "--max-steps",
     "epochs": "--epochs",
@@ -162,6 +163,14 @@ def add_parser(subcommands: argparse._SubParsersAction[Any]) -> None:
     )
     objective.add_argument(
         "--beta", type=float, default=None, metavar="B", help=f"default {_default('beta')}"
+    )
+    objective.add_argument(
+        "--rpo-alpha",
+        type=float,
+        default=None,
+        metavar="A",
+        help="add A times the chosen answers' mean token NLL to the loss (TRL's rpo_alpha; "
+        f"default {_default('rpo_alpha')})",
     )
     objective.add_argument(
         "--ref",
@@ -430,6 +439,8 @@ def _settings(args: argparse.Namespace) -> DPOConfig:
             raise _fail(f"{flag} must be at least {low}, not {value}")
 
     positive("--beta", args.beta)
+    if args.rpo_alpha is not None and not (math.isfinite(args.rpo_alpha) and args.rpo_alpha >= 0):
+        raise _fail(f"--rpo-alpha must be a number of at least 0, not {args.rpo_alpha}")
     positive("--learning-rate", args.learning_rate)
     positive("--epochs", args.epochs)
     at_least("--max-steps", args.max_steps, 1)
@@ -487,6 +498,7 @@ def _settings(args: argparse.Namespace) -> DPOConfig:
     optional = {
         "loss_weights": args.loss_weights,
         "beta": args.beta,
+        "rpo_alpha": args.rpo_alpha,
         "learning_rate": args.learning_rate,
         "max_steps": args.max_steps,
         "epochs": args.epochs,

@@ -39,6 +39,10 @@ class DPOConfig(BaseModel):
         beta: DPO's inverse temperature (POVID's tau).
         povid_combine: ``"mean_of_dpo"`` (the official code) or ``"single_sigmoid"`` (the paper).
         povid_weights: ``(noisy weight, text weight)`` of :func:`povid_loss`.
+        rpo_alpha: weight of an NLL term on the chosen answer (TRL's ``rpo_alpha``; RPO,
+            Pang et al. 2024): the loss gains ``rpo_alpha`` times the mean negative log-prob of
+            the chosen answers' tokens (under the clean image), in every mode. ``0`` (the
+            default) adds nothing.
         overlap: POVID stage 2, where the noisy argmax equals the gold token: ``"keep"`` (the
             official code), ``"second_best"`` or ``"mask"``.
         distorter: registered distorter name that makes the rejected image in the collator;
@@ -81,6 +85,7 @@ class DPOConfig(BaseModel):
     loss_weights: list[float] | None = None
     beta: Annotated[float, Field(gt=0)] = 0.1
     label_smoothing: Annotated[float, Field(ge=0, le=0.5)] = 0.0
+    rpo_alpha: Annotated[float, Field(ge=0)] = 0.0
     povid_combine: Literal["mean_of_dpo", "single_sigmoid"] = "mean_of_dpo"
     povid_weights: tuple[float, float] = (0.5, 0.5)
     overlap: Literal["keep", "second_best", "mask"] = "keep"

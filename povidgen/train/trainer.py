@@ -453,7 +453,13 @@ class DPOTrainer:
                 "rewards/accuracies": out.accuracies,
             }
         )
-        return out.loss, metrics
+        loss = out.loss
+        if cfg.rpo_alpha > 0:
+            # TRL's rpo_alpha: the chosen answers' NLL, a mean over all their tokens in the batch
+            tokens = policy.chosen_lengths.sum().clamp(min=1)
+            loss = loss + cfg.rpo_alpha * -(policy.chosen.sum() / tokens)
+            metrics["nll/chosen"] = -(policy.chosen.detach() / policy.chosen_lengths.clamp(min=1))
+        return loss, metrics
 
     def _unshard(self) -> None:
         """With FSDP2: gather the root's parameters (vision tower, embeddings, LM head), which

@@ -137,7 +137,7 @@ def test_train_lora_on_a_saved_dataset(
     inputs: Inputs, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "run"
-    assert train(inputs, out, "--max-steps", "2") == 0
+    assert train(inputs, out, "--max-steps", "2", "--rpo-alpha", "0.5") == 0
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err
     assert "training" in captured.err  # the tqdm bar
@@ -156,6 +156,8 @@ def test_train_lora_on_a_saved_dataset(
     assert marker["data"] == str(inputs.data.resolve())
     config = DPOConfig.model_validate(marker["config"])
     assert (config.max_steps, config.batch_size, config.lora_r, config.lora_alpha) == (2, 2, 4, 8)
+    assert config.rpo_alpha == 0.5
+    assert all(record["nll/chosen"] > 0 for record in records)
 
     from peft import PeftModel
     from transformers import AutoModelForImageTextToText
@@ -275,6 +277,7 @@ def test_train_help_lists_the_flags(capsys: pytest.CaptureFixture[str]) -> None:
         "--loss-type",
         "--loss-weights",
         "--beta",
+        "--rpo-alpha",
         "--learning-rate",
         "--max-steps",
         "--epochs",
@@ -357,6 +360,7 @@ BAD: dict[str, Bad] = {
     "beta zero": Bad(("--beta", "0"), "--beta must be a positive number"),
     "beta negative": Bad(("--beta", "-1"), "--beta must be a positive number"),
     "beta nan": Bad(("--beta", "nan"), "--beta must be a positive number"),
+    "rpo alpha negative": Bad(("--rpo-alpha", "-0.1"), "--rpo-alpha must be a number of at least"),
     "learning rate zero": Bad(("--learning-rate", "0"), "--learning-rate must be a positive"),
     "learning rate inf": Bad(("--learning-rate", "inf"), "--learning-rate must be a positive"),
     "max steps zero": Bad(("--max-steps", "0"), "--max-steps must be at least 1"),

@@ -261,6 +261,31 @@ def test_povid_noisy_score_differs_from_chosen() -> None:
     assert not torch.allclose(metrics["logps/noisy"], metrics["logps/chosen"])
 
 
+@pytest.mark.parametrize("mode", ["text", "image", "povid", "auto"])
+def test_rpo_alpha_adds_the_chosen_answers_token_nll(mode: str) -> None:
+    """At the start (LoRA's B is zero, policy == reference) every DPO/POVID term is
+    -log sigmoid(0) = log 2, so the loss is log 2 + alpha * (the chosen answers' summed NLL over
+    their summed token counts), TRL's rpo_alpha."""
+    rows = rows_for(mode, 2)
+    model, processor = tiny_vlm("llava")
+    config = DPOConfig(mode=mode, batch_size=2, rpo_alpha=0.5, **SMALL_LORA)
+    trainer = DPOTrainer(model, processor, rows, config)  # not perturbed: policy == reference
+    batch = trainer.collator(rows)
+    loss, metrics = trainer.compute_loss(batch)
+    chosen_lengths, _ = batch.response_lengths()
+    nll = -metrics["logps/chosen"].sum() / chosen_lengths.sum()
+    assert float(nll) > 0
+    assert float(loss.detach()) == pytest.approx(math.log(2) + 0.5 * float(nll), rel=1e-5)
+    per_pair = -metrics["logps/chosen"] / chosen_lengths
+    torch.testing.assert_close(metrics["nll/chosen"], per_pair)
+
+    model, processor = tiny_vlm("llava")
+    plain = DPOTrainer(model, processor, rows, DPOConfig(mode=mode, batch_size=2, **SMALL_LORA))
+    loss0, metrics0 = plain.compute_loss(plain.collator(rows))
+    assert float(loss0.detach()) == pytest.approx(math.log(2), rel=1e-5)
+    assert "nll/chosen" not in metrics0
+
+
 # ------------------------------------------------------------------------------------ the loop
 
 
