@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-import json
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, SecretStr, ValidationError
+from pydantic import BaseModel, SecretStr
 
 from povidgen.errors import ProviderError
 from povidgen.hallucinate.backend import ChatReply, ChatRequest
@@ -16,6 +14,7 @@ from povidgen.hallucinate.llm import LLMHallucinator
 from povidgen.hallucinate.pricing import ANTHROPIC_IMAGE_TOKENS, Usage, anthropic_image_tokens
 from povidgen.hallucinate.prompts import RewriteReply
 from povidgen.hallucinate.sdk_backend import SDKBackend
+from povidgen.hallucinate.strict_schema import strict_json_schema
 
 __all__ = ["AnthropicBackend", "AnthropicHallucinator"]
 
@@ -34,9 +33,10 @@ class AnthropicBackend(SDKBackend):
     """Anthropic's Messages API as a backend.
 
     The request carries the system prompt, the image (a base64 JPEG block, when the request
-    has one) and the user text; the output format is the request's schema through the SDK's
-    ``messages.parse`` helper. ``stop_reason`` ``max_tokens`` is a truncated reply,
-    ``refusal`` a refused one.
+    has one) and the user text; the output format is the request's schema made strict
+    (:func:`~povidgen.hallucinate.strict_schema.strict_json_schema`) under ``output_config``,
+    as in a batch request. ``stop_reason`` ``max_tokens`` is a truncated reply, ``refusal`` a
+    refused one, a text that does not parse as the schema a malformed one.
 
     Args:
         model: e.g. ``"claude-haiku-4-5"``.
@@ -86,23 +86,18 @@ class AnthropicBackend(SDKBackend):
         return anthropic_image_tokens(width, height)
 
     async def send(self, request: ChatRequest) -> ChatReply:
-        try:
-            message = await self.client().messages.parse(
-                model=self.model,
-                max_tokens=request.max_tokens,
-                system=request.system,
-                messages=_messages(request.user, request.image_url),
-                output_format=request.schema,
-            )
-        except (ValidationError, json.JSONDecodeError):
-            # the SDK parses the reply itself and raises on one that does not parse
-            usage = Usage(input_tokens=0, output_tokens=request.max_tokens)
-            return ChatReply("", usage=usage)
-        reply = _reply(message, parse=False)
-        parsed = message.parsed_output
-        if reply.finish_reason == "stop" and isinstance(parsed, BaseModel):
-            reply.parsed = parsed
-        return reply
+        # ``messages.create`` with our own strict schema under ``output_config`` (what a batch
+        # request carries too) rather than ``messages.parse(output_format=Model)``: the two
+        # paths then send the identical schema, and the reply is parsed here, so a reply that
+        # does not parse is a typed malformed outcome with its text and usage kept.
+        message = await self.client().messages.create(
+            model=self.model,
+            max_tokens=request.max_tokens,
+            system=request.system,
+            messages=_messages(request.user, request.image_url),
+            output_config=_output_config(request.schema),
+        )
+        return _reply(message, request.schema)
 
 
 class AnthropicHallucinator(LLMHallucinator):
@@ -152,7 +147,7 @@ class AnthropicHallucinator(LLMHallucinator):
             "max_tokens": self.max_output_tokens,
             "system": system,
             "messages": _messages(user, image_url),
-            "output_config": {"format": {"type": "json_schema", "schema": _schema(RewriteReply)}},
+            "output_config": _output_config(RewriteReply),
         }
 
     def _batch_backend(self) -> BatchBackend:
@@ -208,9 +203,9 @@ def _count(counts: Any, name: str) -> int:
     return value if isinstance(value, int) else 0
 
 
-def _reply(message: Any, *, parse: bool = True) -> ChatReply:
-    """A Message as a typed reply (its text parsed as :class:`RewriteReply` when it finished
-    normally; a refusal or a cut-off reply keeps its outcome)."""
+def _reply(message: Any, schema: type[BaseModel] = RewriteReply) -> ChatReply:
+    """A Message as a typed reply (its text parsed as ``schema`` when it finished normally; a
+    refusal or a cut-off reply keeps its outcome, a text that does not parse is malformed)."""
     cached = getattr(message.usage, "cache_read_input_tokens", 0) or 0
     written = getattr(message.usage, "cache_creation_input_tokens", 0) or 0
     usage = Usage(  # povidgen's input_tokens include the cached and the cache-written ones
@@ -224,19 +219,12 @@ def _reply(message: Any, *, parse: bool = True) -> ChatReply:
         return ChatReply(text, usage=usage, finish_reason="refusal", refusal=text or "refused")
     if message.stop_reason == "max_tokens":
         return ChatReply(text, usage=usage, finish_reason="length")
-    if not parse:  # the SDK parsed it already
-        return ChatReply(text, usage=usage)
-    return ChatReply.from_text(text, RewriteReply, usage=usage)
+    return ChatReply.from_text(text, schema, usage=usage)
 
 
-@functools.cache
-def _schema(model: type[BaseModel]) -> dict[str, Any]:
-    """``model``'s JSON schema through the transform ``messages.parse`` uses (so batch and
-    live requests agree), made once a model rather than once a batch row."""
-    from anthropic.lib._parse._transform import transform_schema
-
-    made: dict[str, Any] = transform_schema(model.model_json_schema())
-    return made
+def _output_config(schema: type[BaseModel]) -> dict[str, Any]:
+    """``output_config`` for ``schema``, live and in batches: its strict JSON schema."""
+    return {"format": {"type": "json_schema", "schema": strict_json_schema(schema)}}
 
 
 def _messages(user: str, image_url: str | None) -> list[dict[str, Any]]:

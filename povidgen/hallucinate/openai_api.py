@@ -16,6 +16,7 @@ from povidgen.hallucinate.llm import LLMHallucinator
 from povidgen.hallucinate.pricing import OPENAI_IMAGE_TOKENS, Usage, openai_image_tokens
 from povidgen.hallucinate.prompts import RewriteReply
 from povidgen.hallucinate.sdk_backend import SDKBackend
+from povidgen.hallucinate.strict_schema import strict_json_schema
 
 __all__ = ["OpenAIBackend", "OpenAIHallucinator"]
 
@@ -264,12 +265,16 @@ def _batch_entry(entry: dict[str, Any]) -> BatchResult:
 
 @functools.cache
 def _response_format(schema: type[BaseModel]) -> dict[str, Any]:
-    """``response_format`` for ``schema``, made by the schema helper that
-    ``chat.completions.parse`` uses (so live, batch and SDK requests agree), once a schema."""
-    from openai.lib._parsing._completions import type_to_response_format_param
-
-    made: Any = type_to_response_format_param(schema)
-    return dict(made)
+    """``response_format`` for ``schema``: its strict JSON schema (the one
+    ``chat.completions.parse`` would send), made once a schema."""
+    return {
+        "type": "json_schema",
+        "json_schema": {
+            "schema": strict_json_schema(schema),
+            "name": schema.__name__,
+            "strict": True,
+        },
+    }
 
 
 def _body(
