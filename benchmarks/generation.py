@@ -34,8 +34,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import openai
 from PIL import Image
@@ -44,6 +45,8 @@ from povidgen import Example, OpenAIHallucinator
 from povidgen.hallucinate.llm import _data_url
 from povidgen.hallucinate.openai_api import _messages
 from povidgen.hallucinate.prompts import PromptConfig, RewriteReply, build_messages
+
+_T = TypeVar("_T")
 
 
 def examples(count: int) -> list[Example]:
@@ -195,16 +198,33 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=0.3)
     parser.add_argument("--rate", type=float, default=100.0, help="server limit, requests/s")
     args = parser.parse_args()
-    server = ServerProcess(args.latency, int(args.rate))
-    try:
-        base = asyncio.run(sequential(server, examples(args.sequential_rows)))
-        ours, failures = povidgen_rate(server, examples(args.rows), args.rate)
-        loop = asyncio.run(bare_loop(server, examples(args.rows), args.rate))
-        whole, build, build_summary = build_rate(server, args.rows, args.rate)
-        # the same without distortion: the orchestration alone, when the CPU is not the limit
-        _, plain, _ = build_rate(server, args.rows, args.rate, ("--distorter", "none"))
-    finally:
-        throttled = server.close()
+    # each contender gets its own server, so that its 429s are its own and no limiter window
+    # carries over from the one before
+    throttled: dict[str, int] = {}
+
+    def against_server(name: str, measure: Callable[[ServerProcess], _T]) -> _T:
+        server = ServerProcess(args.latency, int(args.rate))
+        try:
+            return measure(server)
+        finally:
+            throttled[name] = server.close()
+
+    rows = args.rows
+    base = against_server(
+        "sequential", lambda s: asyncio.run(sequential(s, examples(args.sequential_rows)))
+    )
+    ours, failures = against_server(
+        "hallucinate_many", lambda s: povidgen_rate(s, examples(rows), args.rate)
+    )
+    loop = against_server(
+        "bare loop", lambda s: asyncio.run(bare_loop(s, examples(rows), args.rate))
+    )
+    whole, build, build_summary = against_server("build", lambda s: build_rate(s, rows, args.rate))
+    # the same without distortion: the orchestration alone, when the CPU is not the limit
+    _, plain, _ = against_server(
+        "build --distorter none",
+        lambda s: build_rate(s, rows, args.rate, ("--distorter", "none")),
+    )
     print(f"fake server: {args.latency * 1000:.0f} ms latency, {args.rate:.0f} requests/s limit")
     print(f"sequential client:       {base:8.2f} rows/s ({args.sequential_rows} rows)")
     print(f"hallucinate_many:        {ours:8.2f} rows/s ({args.rows} rows, {failures} failed)")
@@ -216,7 +236,7 @@ def main() -> None:
     print(f"build / bare loop:  {build / loop:.2f}x  (target >= 0.95)")
     print(f"build without distortion / bare loop: {plain / loop:.2f}x")
     print(f"hallucinate_many / sequential: {ours / base:.1f}x")
-    print(f"429s from the server's limiter: {throttled}")
+    print("429s from the server's limiter: " + ", ".join(f"{k} {v}" for k, v in throttled.items()))
 
 
 # -- local models (--local): TransformersHallucinator batched vs one row at a time ----------

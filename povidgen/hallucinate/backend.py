@@ -24,6 +24,7 @@ exception's ``status_code`` attribute and a wait from ``retry_after`` (seconds) 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import enum
 import io
@@ -151,6 +152,17 @@ class ChatRequest:
         if self._image_url is None:
             self._image_url = data_url(self.image, self.image_max_side)
         return self._image_url
+
+    async def aencode_image(self) -> None:
+        """Encode the image for :attr:`image_url` on a worker thread, if not done yet.
+
+        Scaling and JPEG encoding take milliseconds of CPU a request; Pillow releases the
+        interpreter lock while it works, so on a worker thread they do not hold up the event
+        loop that keeps the other requests moving (on the loop they would, and the sends
+        bunch up behind them).
+        """
+        if self.image is not None and self._image_url is None:
+            self._image_url = await asyncio.to_thread(data_url, self.image, self.image_max_side)
 
     @property
     def image_size(self) -> tuple[int, int] | None:

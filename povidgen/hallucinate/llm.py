@@ -46,6 +46,7 @@ from povidgen.hallucinate.cache import ReplyCache
 from povidgen.hallucinate.policies import (
     Budget,
     CircuitBreaker,
+    Pause,
     RateLimit,
     ReplyCaching,
     Retry,
@@ -224,11 +225,13 @@ class LLMHallucinator(Hallucinator):
         self._breaker = CircuitBreaker(
             self.backend, max_failures=max_connection_failures, stop=self._switch
         )
+        pause = Pause()  # after a 429: started by Retry, honoured by the pacer too
         limited = RateLimit(
             self._breaker,
             requests_per_minute=requests_per_minute,
             tokens_per_minute=tokens_per_minute,
             tokens=self._estimated_tokens,
+            pause=pause,
         )
         self._retry = Retry(
             limited,
@@ -236,6 +239,9 @@ class LLMHallucinator(Hallucinator):
             initial_backoff=initial_backoff,
             stop=self._switch,
             name=type(self).__name__,
+            pause=pause,
+            # a request pacer spaces the restart after a pause; jitter would waste its slots
+            spread_after_pause=requests_per_minute is None,
         )
         self._budget = Budget(
             self._retry,
@@ -266,6 +272,10 @@ class LLMHallucinator(Hallucinator):
                 "unknown (give one with prices=, or --price-in and --price-out)",
                 model,
             )
+        else:
+            # price one token now: genai-prices loads its data and modules on first use, which
+            # would otherwise happen on the event loop at the first reply and hold up the sends
+            self._cost_of(Usage(input_tokens=1, output_tokens=1), batch=False)
 
     # -- what a build reads -------------------------------------------------------------------
 
@@ -356,6 +366,7 @@ class LLMHallucinator(Hallucinator):
         """Send one request through the policies and the backend (nothing is sent once the
         hallucinator has stopped: see :attr:`stopped`)."""
         self._switch.check()
+        await request.aencode_image()
         return await self._policies.send(request)
 
     async def ahallucinate(self, example: Example) -> Hallucination:

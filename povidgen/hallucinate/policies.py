@@ -53,6 +53,7 @@ from povidgen.redact import scrub
 __all__ = [
     "Budget",
     "CircuitBreaker",
+    "Pause",
     "RateLimit",
     "ReplyCaching",
     "Retry",
@@ -171,6 +172,35 @@ _rng = random.Random()
 """The jitter's random numbers (tests replace it with a seeded one)."""
 
 
+class Pause:
+    """A client-wide pause after a 429: no request is sent before :attr:`until`.
+
+    Shared by :class:`Retry`, which starts it, and :class:`RateLimit`, which holds back the
+    requests already waiting for a send slot when it starts: those took their slot before
+    the 429 arrived and would otherwise land on a server whose window is known to be full,
+    each earning a 429 of its own and lengthening the pause.
+    """
+
+    def __init__(self) -> None:
+        self.until = 0.0
+        """No request is sent before this ``time.monotonic()``."""
+
+    def extend(self, seconds: float) -> None:
+        """Pause sends for ``seconds`` from now (a pause already longer is kept)."""
+        self.until = max(self.until, time.monotonic() + seconds)
+
+    @property
+    def active(self) -> bool:
+        """Whether sends are paused now."""
+        return self.until > time.monotonic()
+
+    async def wait(self, spread: float = 0.0) -> None:
+        """Wait until the pause is over, plus a random share of ``spread`` seconds (full
+        jitter, so that tasks without a pacer do not all send at once when it ends)."""
+        while (left := self.until - time.monotonic()) > 0:
+            await asyncio.sleep(left + (_rng.uniform(0.0, spread) if spread > 0 else 0.0))
+
+
 class _Backoff:
     """tenacity wait: full jitter over an exponential window (1, 2, 4 ... max 60 s) on top of
     the ``retry-after`` floor: ``retry_after + uniform(0, window)``."""
@@ -194,8 +224,11 @@ class Retry(Policy):
     """Retries transient faults (see the module docstring), up to ``max_retries`` times per
     request, each after ``retry-after`` plus a random share of an exponential window
     (``initial_backoff``, doubling, at most 60 s). After a 429 the whole client pauses until
-    its ``retry-after`` has passed. This is the only retry layer: SDK clients are made with
-    their own retries off.
+    its ``retry-after`` has passed (``pause``, which a :class:`RateLimit` inside may share).
+    When the pause ends, each waiting task waits a random share of the backoff window more,
+    unless ``spread_after_pause`` is off: a request pacer inside already spaces them, and
+    jitter on top would only leave its slots unused. This is the only retry layer: SDK
+    clients are made with their own retries off.
 
     A fatal fault stops the run (``stop``); any other error that is left becomes a
     :class:`~povidgen.ProviderError` describing it (never the request, which may hold secrets).
@@ -209,6 +242,8 @@ class Retry(Policy):
         initial_backoff: float = 1.0,
         stop: StopSwitch | None = None,
         name: str | None = None,
+        pause: Pause | None = None,
+        spread_after_pause: bool = True,
     ) -> None:
         super().__init__(inner)
         if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
@@ -217,7 +252,8 @@ class Retry(Policy):
         self.initial_backoff = initial_backoff
         self.stop = stop or StopSwitch()
         self.name = name or type(self).__name__
-        self._paused_until = 0.0  # after a 429 no task sends before this (time.monotonic)
+        self.pause = pause or Pause()
+        self.spread_after_pause = spread_after_pause
         self._pause_window = 0.0  # each paused task waits a random share of this more
 
     async def send(self, request: ChatRequest) -> ChatReply:
@@ -231,7 +267,7 @@ class Retry(Policy):
                 # the whole client pauses, not only this task: no one sends before retry-after
                 floor = retry_after(error)
                 pause = floor if floor is not None else backoff.window(state.attempt_number)
-                self._paused_until = max(self._paused_until, time.monotonic() + pause)
+                self.pause.extend(pause)
                 self._pause_window = backoff.window(state.attempt_number)
             logger.info(
                 "%s: retrying a request in %.2fs (retry %d of %d): %s",
@@ -268,10 +304,9 @@ class Retry(Policy):
         raise AssertionError("unreachable: tenacity either returns or raises")
 
     async def _wait_for_pause(self) -> None:
-        """After a 429, wait until the client-wide pause is over, plus a random share of the
-        pause's backoff window (full jitter), so paused tasks do not all send at once."""
-        while (left := self._paused_until - time.monotonic()) > 0:
-            await asyncio.sleep(left + _rng.uniform(0.0, self._pause_window))
+        """After a 429, wait until the client-wide pause is over, plus (``spread_after_pause``)
+        a random share of the pause's backoff window, so paused tasks do not all send at once."""
+        await self.pause.wait(self._pause_window if self.spread_after_pause else 0.0)
 
 
 class CircuitBreaker(Policy):
@@ -339,17 +374,65 @@ class _Pacer:
     server already counted: the window check holds such tasks back. Providers enforce
     per-minute limits per second or finer (OpenAI: "60,000 requests/minute may be enforced as
     1,000 requests/second"), so the window is one second.
+
+    The rate adapts to 429s (:meth:`slow_down`): requests spaced evenly when they leave the
+    pacer can still reach the server bunched (a busy event loop delays some sends more than
+    others), so a rate just under the server's limit can overrun its window now and then. Each
+    429 lowers the rate to :data:`SLOWDOWN` of what it was (one step per ``window``, however
+    many 429s land in it; never below half the rate asked for), and every
+    :data:`RECOVERY_PERIOD` seconds without one gives back :data:`RECOVERY_STEP` of the rate
+    asked for, until it is reached again.
     """
 
+    SLOWDOWN = 0.95
+    RECOVERY_STEP = 0.01
+    RECOVERY_PERIOD = 5.0
+
     def __init__(self, interval: float, window: float = 1.0) -> None:
+        self.base_interval = interval
+        """The spacing asked for (``60 / requests_per_minute``)."""
         self.interval = interval
+        """The spacing in force (longer than :attr:`base_interval` after 429s)."""
         self.window = window
-        self.capacity = max(1, int(window / interval + 1e-9))
         self._next = 0.0
         self._sent: deque[float] = deque()
+        self._slowed_at: float | None = None  # the last slow-down, or the last recovery step
+
+    @property
+    def capacity(self) -> int:
+        """The most sends any ``window`` may hold at the rate in force."""
+        return max(1, int(self.window / self.interval + 1e-9))
+
+    @property
+    def rate(self) -> float:
+        """Requests per second in force."""
+        return 1.0 / self.interval
+
+    def slow_down(self) -> None:
+        """A 429 came back: lower the rate (once per window; see the class docstring)."""
+        now = time.monotonic()
+        if self._slowed_at is not None and now - self._slowed_at < self.window:
+            return  # the other replies of the same burst carry no news
+        self.interval = min(self.interval / self.SLOWDOWN, 2 * self.base_interval)
+        self._slowed_at = now
+        logger.info("rate limited: sending at %.1f requests/s from now", self.rate)
+
+    def _recover(self, now: float) -> None:
+        if self._slowed_at is None:
+            return
+        steps = int((now - self._slowed_at) / self.RECOVERY_PERIOD)
+        if steps == 0:
+            return
+        rate = 1.0 / self.interval + steps * self.RECOVERY_STEP / self.base_interval
+        if rate >= 1.0 / self.base_interval:
+            self.interval, self._slowed_at = self.base_interval, None
+        else:
+            self.interval = 1.0 / rate
+            self._slowed_at += steps * self.RECOVERY_PERIOD
 
     async def acquire(self) -> None:
         now = time.monotonic()
+        self._recover(now)
         slot = max(now, self._next)
         self._next = slot + self.interval
         if slot > now:
@@ -367,7 +450,14 @@ class _Pacer:
 class RateLimit(Policy):
     """Client-side limits: ``requests_per_minute`` (evenly spaced sends, never more in any
     second than the rate allows) and ``tokens_per_minute`` (a minute's bucket of the
-    request's estimated tokens, ``tokens(request)``; needs ``aiolimiter``)."""
+    request's estimated tokens, ``tokens(request)``; needs ``aiolimiter``).
+
+    With ``pause`` (the :class:`Pause` a :class:`Retry` outside starts on a 429), a request
+    whose send slot comes up while the client is paused waits for the pause to end and takes
+    a new slot: slots handed out before the 429 are not spent on a server known to be full.
+    A 429 (not one for an exhausted quota) also slows the request rate a little, and it
+    recovers while none come back (see :attr:`requests_rate`).
+    """
 
     def __init__(
         self,
@@ -376,8 +466,10 @@ class RateLimit(Policy):
         requests_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
         tokens: Callable[[ChatRequest], int] | None = None,
+        pause: Pause | None = None,
     ) -> None:
         super().__init__(inner)
+        self.pause = pause
         for label, value in (
             ("requests_per_minute", requests_per_minute),
             ("tokens_per_minute", tokens_per_minute),
@@ -397,12 +489,26 @@ class RateLimit(Policy):
             # providers count tokens per minute, so the bucket holds a minute's worth
             self._tokens = AsyncLimiter(tokens_per_minute, 60.0)
 
+    @property
+    def requests_rate(self) -> float | None:
+        """Requests per second in force (``None`` without ``requests_per_minute``): the rate
+        asked for, or up to 5% a step lower for a while after 429s."""
+        return self._requests.rate if self._requests is not None else None
+
     async def send(self, request: ChatRequest) -> ChatReply:
         if self._requests is not None:
             await self._requests.acquire()
+            while self.pause is not None and self.pause.active:
+                await self.pause.wait()
+                await self._requests.acquire()
         if self._tokens is not None:
             await self._tokens.acquire(min(self._count(request), self._tokens.max_rate))
-        return await self.inner.send(request)
+        try:
+            return await self.inner.send(request)
+        except Exception as error:
+            if self._requests is not None and status_of(error) == 429 and not is_fatal(error):
+                self._requests.slow_down()
+            raise
 
 
 def _estimated_tokens(request: ChatRequest) -> int:
