@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
+import pytest
+
 import povidgen
 
 EXPECTED = [
@@ -81,6 +86,44 @@ def test_all_is_pinned() -> None:
 def test_every_name_in_all_exists() -> None:
     for name in povidgen.__all__:
         assert hasattr(povidgen, name), name
+
+
+def _fresh_python(code: str) -> None:
+    """Run ``code`` in a new interpreter (this one has imported torch long ago)."""
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_import_povidgen_does_not_import_torch() -> None:
+    _fresh_python(
+        "import sys, povidgen\n"
+        "assert 'torch' not in sys.modules, 'import povidgen imported torch'\n"
+        # the builder, the hallucinators and the registry stay torch-free too
+        "povidgen.PairBuilder, povidgen.RuleHallucinator, povidgen.OpenAIHallucinator\n"
+        "povidgen.Distorter, povidgen.available_distorters(), povidgen.load_pairs\n"
+        "assert 'torch' not in sys.modules, 'a torch-free name imported torch'\n"
+    )
+
+
+def test_every_name_resolves_lazily_to_its_module() -> None:
+    # in a fresh interpreter, so that nothing was imported before __getattr__ runs
+    _fresh_python(
+        "import importlib, povidgen\n"
+        "assert set(povidgen._LAZY) | {'__version__'} == set(povidgen.__all__)\n"
+        "for name, module in povidgen._LAZY.items():\n"
+        "    assert getattr(povidgen, name) is getattr(importlib.import_module(module), name)\n"
+        "namespace = {}\n"
+        "exec('from povidgen import *', namespace)\n"
+        "assert set(povidgen.__all__) <= set(namespace)\n"
+    )
+
+
+def test_dir_lists_the_lazy_names() -> None:
+    assert set(EXPECTED) <= set(dir(povidgen))
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = povidgen.Nope  # type: ignore[attr-defined]
 
 
 def test_errors_share_one_root() -> None:

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
-import torch
 from PIL import Image
 
-from povidgen.distort.philox import check_seeds
-from povidgen.distort.tensors import unpack
 from povidgen.errors import DistortionError
 from povidgen.seeding import derive_seed
+
+if TYPE_CHECKING:
+    import torch
+
+# torch (and the modules built on it: philox, tensors) is imported when an image is first
+# distorted, not with this module: the builder, the registry and `import povidgen` need the
+# class, and a run without a distorter should not pay PyTorch's import time.
 
 __all__ = ["Distorter", "pick"]
 
@@ -89,6 +94,8 @@ class Distorter:
         Values may leave ``[0, 1]``; :meth:`finish` settles them. The default goes through
         :meth:`distort` one image at a time.
         """
+        import torch
+
         results = []
         for image, seed in zip(images, seeds, strict=True):
             grey = image.shape[0] == 1
@@ -126,19 +133,22 @@ class Distorter:
                     f"{type(self).__name__}.distort must return a PIL image of size {image.size}"
                 )
             return result
-        if isinstance(image, torch.Tensor) and image.dim() == 4:
+        if _is_tensor(image) and image.dim() == 4:
             return self._run(image, [derive_seed(seed, i) for i in range(image.shape[0])])
         return self._run(image, [seed])
 
     def batch(self, images: torch.Tensor, seeds: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """Distort a float batch ``(B, C, H, W)``; item ``i`` uses ``seeds[i]``. Equal, item by
         item, to calling the distorter on each image with its seed."""
-        if not isinstance(images, torch.Tensor) or images.dim() != 4:
+        if not _is_tensor(images) or images.dim() != 4:
             raise DistortionError("batch() takes a float tensor of shape (B, C, H, W)")
         result: torch.Tensor = self._run(images, seeds)
         return result
 
     def _run(self, image: Any, seeds: Sequence[int] | torch.Tensor) -> Any:
+        from povidgen.distort.philox import check_seeds
+        from povidgen.distort.tensors import unpack
+
         unpacked = unpack(image)
         seed_list = check_seeds(seeds, unpacked.tensor.shape[0])
         result = self.distort_batch(unpacked.tensor, seed_list)
@@ -152,6 +162,13 @@ class Distorter:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
+
+
+def _is_tensor(value: Any) -> bool:
+    """Whether ``value`` is a torch tensor, without importing torch: if nothing has imported
+    it yet, nothing can have made a tensor."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(value, torch.Tensor)
 
 
 def _as_array(image: Image.Image, grey: bool) -> Any:
