@@ -209,7 +209,9 @@ OPENAI_ERRORS: dict[FaultKind, tuple[type[Exception], int]] = {
 }
 ANTHROPIC_ERRORS: dict[FaultKind, tuple[type[Exception], int]] = {
     "429": (anthropic.RateLimitError, 429),
-    "quota": (anthropic.PaymentRequiredError, 402),
+    # PaymentRequiredError is newer than anthropic 2.0 (the lowest povidgen allows); povidgen
+    # reads the 402 status, whichever class the SDK raises for it
+    "quota": (getattr(anthropic, "PaymentRequiredError", anthropic.APIStatusError), 402),
     "401": (anthropic.AuthenticationError, 401),
     "500": (anthropic.InternalServerError, 500),
     "529": (anthropic.OverloadedError, 529),
