@@ -108,6 +108,23 @@ def test_shards_manifest_errors_and_summary(reference: Path) -> None:
     assert load_pairs(reference)["id"] == pairs["id"]
 
 
+def test_image_bytes_are_stored_as_they_are_and_text_compressed(reference: Path) -> None:
+    """Encoded images do not compress and their min/max statistics are useless: the shards
+    store them plain, with no dictionary and no statistics; text keeps snappy."""
+    import pyarrow.parquet as pq
+
+    shard = reference / read_manifest(reference)[0].shard
+    group = pq.ParquetFile(shard).metadata.row_group(0)
+    columns = {group.column(i).path_in_schema: group.column(i) for i in range(group.num_columns)}
+    for path in ("images.list.element.bytes", "rejected_images.list.element.bytes"):
+        assert columns[path].compression == "UNCOMPRESSED"
+        assert not columns[path].is_stats_set
+        assert not columns[path].has_dictionary_page
+    text = columns["chosen.list.element.content.list.element.text"]
+    assert text.compression == "SNAPPY"
+    assert text.is_stats_set
+
+
 @pytest.mark.parametrize("stops", [[1], [6], [7], [16, 5], [29], [3, 3, 3, 3, 3]])
 def test_an_interrupted_build_resumes_to_the_same_bytes(
     reference: Path, tmp_path: Path, stops: list[int]
