@@ -42,8 +42,19 @@ def test_jsonl_and_json_and_parquet_and_saved_folders(tmp_path: Path) -> None:
         loaded = load_examples_file(tmp_path / path)
         assert loaded.to_list() == ROWS, path
     assert load_examples_file(tmp_path / "dd", split="test").to_list() == ROWS
-    with pytest.raises(DatasetFormatError, match=r"splits \['test', 'train'\]"):
-        load_examples_file(tmp_path / "dd")
+    with pytest.raises(DatasetFormatError, match=r"no split 'dev': it holds the splits \['test'"):
+        load_examples_file(tmp_path / "dd", split="dev")
+
+
+def test_a_folder_of_splits_reads_train_unless_told(tmp_path: Path) -> None:
+    """As ``--split``'s help says: 'train' if there is one; else a split must be named."""
+    train, test = datasets.Dataset.from_list(ROWS[:1]), datasets.Dataset.from_list(ROWS[1:])
+    datasets.DatasetDict({"train": train, "test": test}).save_to_disk(str(tmp_path / "dd"))
+    assert load_examples_file(tmp_path / "dd").to_list() == ROWS[:1]
+    assert load_examples_file(tmp_path / "dd", split="test").to_list() == ROWS[1:]
+    datasets.DatasetDict({"dev": train, "test": test}).save_to_disk(str(tmp_path / "no_train"))
+    with pytest.raises(DatasetFormatError, match=r"holds the splits \['dev', 'test'\]; choose"):
+        load_examples_file(tmp_path / "no_train")
 
 
 def test_llava_records_are_flattened(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -35,9 +35,10 @@ def load_examples_file(
     """Load a dataset of examples from ``path``.
 
     ``path`` is a ``datasets`` ``save_to_disk`` folder (``split`` picks one split of a
-    ``DatasetDict``; a single split is taken as it is), a ``.parquet`` file, a ``.jsonl`` file,
-    or a ``.json`` file holding a list of records; LLaVA-style records are flattened (see the
-    module docstring). Raises :class:`povidgen.DatasetFormatError` with the reason otherwise.
+    ``DatasetDict``; without it a single split is taken as it is, else ``train``), a
+    ``.parquet`` file, a ``.jsonl`` file, or a ``.json`` file holding a list of records;
+    LLaVA-style records are flattened (see the module docstring). Raises
+    :class:`povidgen.DatasetFormatError` with the reason otherwise.
     """
     path = Path(path)
     if not path.exists():
@@ -78,9 +79,14 @@ def _load_saved(path: Path, split: str | None) -> datasets.Dataset:
     if isinstance(loaded, datasets.DatasetDict):
         if split is None and len(loaded) == 1:
             return next(iter(loaded.values()))
+        if split is None and "train" in loaded:
+            logger.info("%s holds the splits %s; reading 'train'", path, sorted(loaded))
+            return loaded["train"]
         if split is None or split not in loaded:
+            missing = "" if split is None else f"has no split {split!r}: it "
             raise DatasetFormatError(
-                f"{path} holds the splits {sorted(loaded)}; choose one with split="
+                f"{path} {missing}holds the splits {sorted(loaded)}; choose one with "
+                "split= (--split)"
             )
         return loaded[split]
     if split is not None:
