@@ -691,3 +691,20 @@ def test_parse_mix() -> None:
     ):
         with pytest.raises(ValueError, match=re.escape(message)):
             parse_mix(bad)
+
+
+def test_exports_and_their_readers_keep_the_pair_mode(
+    demo: datasets.Dataset, tmp_path: Path
+) -> None:
+    """TRL, LLaVA and VLFeedback exports of a mixed build, and each read back, keep
+    ``provenance.pair_mode`` (``povidgen train --mode auto`` needs it)."""
+    from povidgen.convert import export, read_pairs
+
+    rows = demo.select(range(24))
+    build(rows, tmp_path / "out", pair_mode="mix", mix={"text": 1, "image": 1, "both": 1})
+    modes = {row["id"]: row["provenance"]["pair_mode"] for row in load_pairs(tmp_path / "out")}
+    assert set(modes.values()) == {"text", "image", "both"}
+    for fmt in ("trl", "llava", "vlfeedback"):
+        export(tmp_path / "out", tmp_path / fmt, format=fmt)
+        back = read_pairs(tmp_path / fmt)
+        assert {r["id"]: r["provenance"]["pair_mode"] for r in back} == modes, fmt

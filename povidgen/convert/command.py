@@ -45,6 +45,7 @@ from povidgen.convert.formats import (
     Format,
     from_llava,
     from_vlfeedback,
+    has_pair_mode,
     iter_llava_rows,
     iter_parquet_rows,
     iter_vlfeedback_rows,
@@ -149,6 +150,8 @@ class _Source:
     rows: Callable[[], Iterator[dict[str, Any]]]
     with_rejected_images: bool
     inputs: list[Path]
+    with_pair_mode: bool = False
+    """Whether ``provenance`` carries ``pair_mode`` (a build with pair modes), kept on export."""
 
 
 def _trl_dataset_rows(dataset: datasets.Dataset) -> Iterator[dict[str, Any]]:
@@ -173,16 +176,19 @@ def _open_source(path: Path, image_folder: Path | None) -> _Source:
             lambda: iter_llava_rows(records, folder),
             any(r.get("rejected_image") is not None for r in records),
             [path, folder],
+            any("pair_mode" in (r.get("provenance") or {}) for r in records),
         )
     if fmt == "trl" and path.is_dir() and (path / MANIFEST).is_file():
         files = shard_files(path)
         if not files:
             raise DatasetFormatError(f"{path} holds no finished shard yet")
+        schema = pq.read_schema(files[0])
         return _Source(
             "trl",
             lambda: iter_parquet_rows(files),
-            "rejected_images" in pq.read_schema(files[0]).names,
+            "rejected_images" in schema.names,
             [path],
+            has_pair_mode(schema),
         )
     if fmt == "trl" and path.is_dir() and (path / "dataset_info.json").is_file():
         loaded = datasets.load_from_disk(str(path))
@@ -193,17 +199,22 @@ def _open_source(path: Path, image_folder: Path | None) -> _Source:
             lambda: _trl_dataset_rows(loaded),
             "rejected_images" in loaded.column_names,
             [path],
+            has_pair_mode(loaded.features.arrow_schema),
         )
     files = parquet_files(path)
-    with_rejected = "rejected_images" in pq.read_schema(files[0]).names
+    schema = pq.read_schema(files[0])
+    with_rejected = "rejected_images" in schema.names
     if fmt == "vlfeedback":
         return _Source(
             "vlfeedback",
             lambda: iter_vlfeedback_rows(iter_parquet_rows(files)),
             with_rejected,
             [path],
+            has_pair_mode(schema),
         )
-    return _Source("trl", lambda: iter_parquet_rows(files), with_rejected, [path])
+    return _Source(
+        "trl", lambda: iter_parquet_rows(files), with_rejected, [path], has_pair_mode(schema)
+    )
 
 
 def read_pairs(
@@ -333,10 +344,15 @@ def export(
             count = _write_shards(
                 (vlfeedback_row(r, with_rejected_images=with_rejected) for r in rows),
                 staging / _DATA_DIR,
-                vlfeedback_features(with_rejected_images=with_rejected),
+                vlfeedback_features(
+                    with_rejected_images=with_rejected, with_pair_mode=opened.with_pair_mode
+                ),
             )
         else:
-            features = pair_features(with_rejected_images=opened.with_rejected_images)
+            features = pair_features(
+                with_rejected_images=opened.with_rejected_images,
+                with_pair_mode=opened.with_pair_mode,
+            )
             count = _write_shards(rows, staging / _DATA_DIR, features)
         marker = {
             "format": format,

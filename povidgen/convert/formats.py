@@ -75,6 +75,7 @@ __all__ = [
     "Format",
     "from_llava",
     "from_vlfeedback",
+    "has_pair_mode",
     "image_extension",
     "iter_llava_rows",
     "iter_vlfeedback_rows",
@@ -485,16 +486,19 @@ def from_llava(
     records = read_llava_records(path)
     folder = Path(image_folder) if image_folder is not None else path.parent
     with_rejected = any(r.get("rejected_image") is not None for r in records)
+    with_pair_mode = any("pair_mode" in (r.get("provenance") or {}) for r in records)
     return _dataset(
-        iter_llava_rows(records, folder), pair_features(with_rejected_images=with_rejected)
+        iter_llava_rows(records, folder),
+        pair_features(with_rejected_images=with_rejected, with_pair_mode=with_pair_mode),
     )
 
 
 # -- VLFeedback / Silkie --------------------------------------------------------------------
 
 
-def vlfeedback_features(*, with_rejected_images: bool) -> Features:
-    """The columns of a VLFeedback-style pairs dataset (see the module docstring)."""
+def vlfeedback_features(*, with_rejected_images: bool, with_pair_mode: bool = False) -> Features:
+    """The columns of a VLFeedback-style pairs dataset (see the module docstring), with
+    ``provenance.pair_mode`` for pairs from a build with pair modes."""
     columns: dict[str, Any] = {
         "id": Value("string"),
         "image": Image(),
@@ -505,7 +509,9 @@ def vlfeedback_features(*, with_rejected_images: bool) -> Features:
     }
     if with_rejected_images:
         columns["rejected_images"] = List(Image())
-    columns["provenance"] = pair_features(with_rejected_images=False)["provenance"]
+    columns["provenance"] = pair_features(
+        with_rejected_images=False, with_pair_mode=with_pair_mode
+    )["provenance"]
     return Features(columns)
 
 
@@ -578,7 +584,12 @@ def to_vlfeedback(
         with_rejected_images = (
             "rejected_images" in pairs.column_names if isinstance(pairs, datasets.Dataset) else True
         )
-    features = vlfeedback_features(with_rejected_images=with_rejected_images)
+    with_pair_mode = isinstance(pairs, datasets.Dataset) and "pair_mode" in (
+        pairs.features.get("provenance") or {}
+    )
+    features = vlfeedback_features(
+        with_rejected_images=with_rejected_images, with_pair_mode=with_pair_mode
+    )
     rows = (vlfeedback_row(r, with_rejected_images=with_rejected_images) for r in _raw_rows(pairs))
     return write_parquet(rows, Path(out_path), features)
 
@@ -647,11 +658,23 @@ def from_vlfeedback(path: str | os.PathLike[str]) -> datasets.Dataset:
     """Read a VLFeedback-style parquet file, or a folder of them, as a TRL-format
     ``datasets.Dataset`` (in memory; image bytes as stored)."""
     files = parquet_files(Path(path))
-    with_rejected = "rejected_images" in pq.read_schema(files[0]).names
+    schema = pq.read_schema(files[0])
     return _dataset(
         iter_vlfeedback_rows(iter_parquet_rows(files)),
-        pair_features(with_rejected_images=with_rejected),
+        pair_features(
+            with_rejected_images="rejected_images" in schema.names,
+            with_pair_mode=has_pair_mode(schema),
+        ),
     )
+
+
+def has_pair_mode(schema: pa.Schema) -> bool:
+    """Whether ``schema``'s ``provenance`` struct has a ``pair_mode`` field."""
+    index = schema.get_field_index("provenance")
+    if index < 0:
+        return False
+    kind = schema.field(index).type
+    return bool(pa.types.is_struct(kind) and kind.get_field_index("pair_mode") >= 0)
 
 
 # -- shared plumbing ------------------------------------------------------------------------
