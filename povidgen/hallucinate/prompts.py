@@ -55,7 +55,7 @@ ANSWER_CLOSE = "</answer>"
 """The line that closes the correct answer in the user text."""
 
 TEMPLATE_FIELDS: frozenset[str] = frozenset(
-    {"question", "answer", "kinds", "min_edits", "max_edits", "max_length_ratio"}
+    {"question", "answer", "context", "kinds", "min_edits", "max_edits", "max_length_ratio"}
 )
 """The fields a custom :attr:`PromptConfig.template` may use."""
 
@@ -173,8 +173,10 @@ class PromptConfig(BaseModel):
         max_length_ratio: the rewrite's length must lie within ``[1/r, r]`` times the
             original's (``r > 1``).
         template: an optional :meth:`str.format` template for the user text, with fields
-            ``{question}``, ``{answer}``, ``{kinds}``, ``{min_edits}``, ``{max_edits}`` and
-            ``{max_length_ratio}``. ``{answer}`` is required (exactly once, without a
+            ``{question}``, ``{answer}``, ``{context}`` (a multi-turn example's earlier
+            exchanges as ``User:`` / ``Assistant:`` lines; empty for a single turn),
+            ``{kinds}``, ``{min_edits}``, ``{max_edits}`` and ``{max_length_ratio}``.
+            ``{answer}`` is required (exactly once, without a
             conversion or format spec) and is replaced by the answer between its ``<answer>``
             / ``</answer>`` lines, which povidgen adds. Literal braces must be doubled.
     """
@@ -257,11 +259,19 @@ def _check_template(template: str) -> None:
 
 
 def _fill_template(
-    template: str, *, question: str, kinds: str, min_edits: int, max_edits: int, ratio: float
+    template: str,
+    *,
+    question: str,
+    kinds: str,
+    min_edits: int,
+    max_edits: int,
+    ratio: float,
+    context: str = "",
 ) -> str:
     return template.format(
         question=question,
         answer=_SENTINEL,
+        context=context,
         kinds=kinds,
         min_edits=min_edits,
         max_edits=max_edits,
@@ -295,8 +305,18 @@ def _default_user_text(example: Example, config: PromptConfig) -> str:
     reasoning = is_reasoning_example(example)
     task = _REASONING_TASK if reasoning else _CAPTION_TASK
     kinds = "\n".join(f"- {kind.value}: {_KIND_GUIDE[kind]}" for kind in config.kinds)
-    lines = [
-        "Question:",
+    lines = []
+    if example.context:
+        # a later turn's question often leans on the earlier ones ("what is left of them?")
+        lines += [
+            "Earlier in the conversation (context only: do not rewrite it):",
+            _context_text(example),
+            "",
+            "Question (the user's latest turn):",
+        ]
+    else:
+        lines.append("Question:")
+    lines += [
         _defuse_markers(example.prompt.strip()),
         "",
         "Correct answer:",
@@ -319,6 +339,7 @@ def _custom_user_text(example: Example, config: PromptConfig, template: str) -> 
     filled = _fill_template(
         template,
         question=_defuse_markers(example.prompt.strip()),
+        context=_context_text(example),
         kinds=_kinds_text(config),
         min_edits=config.min_edits,
         max_edits=config.max_edits,
@@ -331,6 +352,16 @@ def _custom_user_text(example: Example, config: PromptConfig, template: str) -> 
     if after and not after.startswith("\n"):
         after = "\n" + after
     return before + _answer_block(example.answer) + after
+
+
+def _context_text(example: Example) -> str:
+    """A multi-turn example's earlier exchanges, one ``User:`` and one ``Assistant:`` line
+    each (``""`` for a single turn)."""
+    lines = []
+    for exchange in example.context:
+        lines.append("User: " + _defuse_markers(exchange.question.strip()))
+        lines.append("Assistant: " + _defuse_markers(exchange.answer.strip()))
+    return "\n".join(lines)
 
 
 def _defuse_markers(text: str) -> str:

@@ -132,6 +132,38 @@ def test_custom_template_fills_fields_and_wraps_answer_in_markers() -> None:
     assert "\n</answer>\n using text; 1-1 edits, ratio 1.5. {json}" in user
 
 
+def test_a_later_turn_carries_its_earlier_exchanges_as_context() -> None:
+    """Turn k's question often leans on the turns before it ("what is left of them?"): the
+    prompt shows them, marked as context only; a single-turn prompt is unchanged."""
+    from povidgen.schema import Exchange
+
+    turn = Example(
+        id="ex-1#turn1",
+        image=_IMAGE,
+        prompt="What is to the left of them?",
+        answer="A white cup.",
+        context=[Exchange(question="What is on the table?", answer="Two red apples.")],
+    )
+    _, user = build_messages(turn, PromptConfig())
+    assert "Earlier in the conversation (context only: do not rewrite it):" in user
+    assert "User: What is on the table?\nAssistant: Two red apples." in user
+    assert "Question (the user's latest turn):\nWhat is to the left of them?" in user
+    assert answer_between_markers(user) == "A white cup."
+    assert user.index("Two red apples.") < user.index("<answer>")
+    _, single = build_messages(example(), PromptConfig())
+    assert single.startswith(f"Question:\n{QUESTION}\n")
+    assert "Earlier in the conversation" not in single
+    # a custom template takes the context as {context}
+    config = PromptConfig(template="Before:\n{context}\nNow: {question}\n{answer}")
+    _, custom = build_messages(turn, config)
+    assert custom.startswith(
+        "Before:\nUser: What is on the table?\nAssistant: Two red apples.\n"
+        "Now: What is to the left of them?\n<answer>\nA white cup.\n</answer>"
+    )
+    _, custom_single = build_messages(example(), config)
+    assert custom_single.startswith("Before:\n\nNow: ")
+
+
 @pytest.mark.parametrize(
     ("template", "message"),
     [
