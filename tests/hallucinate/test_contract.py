@@ -4,9 +4,11 @@ server), a local transformers model, and a user subclass."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Iterator
 
 import pytest
+import torch
 
 from povidgen import (
     Edit,
@@ -51,21 +53,27 @@ def _scripted_transformers() -> Hallucinator:
     tokenizer = char_tokenizer()
 
     class Echo(ScriptedModel):
-        """Answers every prompt by upper-casing the correct answer's first word, in JSON."""
+        """Answers every row of a batch by replacing the correct answer's first word with
+        "Four", in JSON (rows padded on the right to one length, as ``generate`` pads)."""
 
         def generate(self, input_ids, **kwargs):  # type: ignore[no-untyped-def]
-            prompt = self.tokenizer.decode(input_ids[0])
-            answer = prompt.split("<answer>\n", 1)[1].split("\n</answer>", 1)[0]
-            word = answer.split()[0]
-            self.replies = [
-                json.dumps(
-                    {
-                        "rejected": "Four" + answer[len(word) :] if word != "Four" else answer,
-                        "edits": [{"kind": "count", "original": word, "injected": "Four"}],
-                    }
+            pad = self.tokenizer.pad_token_id
+            replies = []
+            for row in input_ids:
+                prompt = self.tokenizer.decode(row, skip_special_tokens=True)
+                self.prompts.append(prompt)
+                answer = prompt.split("<answer>\n", 1)[1].split("\n</answer>", 1)[0]
+                word = answer.split()[0]
+                reply = {
+                    "rejected": "Four" + answer[len(word) :] if word != "Four" else answer,
+                    "edits": [{"kind": "count", "original": word, "injected": "Four"}],
+                }
+                replies.append(
+                    self.tokenizer(json.dumps(reply), add_special_tokens=False)["input_ids"]
                 )
-            ]
-            return super().generate(input_ids, **kwargs)
+            width = max(len(reply) for reply in replies)
+            new = torch.tensor([reply + [pad] * (width - len(reply)) for reply in replies])
+            return torch.cat([input_ids, new], dim=1)
 
     return TransformersHallucinator(Echo(tokenizer, []), tokenizer=tokenizer, max_attempts=1)
 
@@ -102,10 +110,13 @@ def examples() -> list[Example]:
 
 @pytest.mark.parametrize("name", list(FACTORIES))
 def test_every_result_is_a_verified_hallucination_or_a_hallucination_error(
-    name: str, server: FakeLLMServer, examples: list[Example]
+    name: str, server: FakeLLMServer, examples: list[Example], caplog: pytest.LogCaptureFixture
 ) -> None:
     hallucinator = FACTORIES[name](server)
-    results = hallucinator.hallucinate_many(examples, concurrency=4)
+    with caplog.at_level(logging.WARNING, logger="povidgen"):
+        results = hallucinator.hallucinate_many(examples, concurrency=4)
+    # local models generate a batch at once: no batch fell back to one row at a time
+    assert "one at a time" not in caplog.text
     assert len(results) == len(examples)
     verified = 0
     for example, result in zip(examples, results, strict=True):
