@@ -31,7 +31,7 @@ def test_quick_run_measures_every_stage_and_writes_the_report(
     assert report["quick"] is True
     assert list(report["seeds"]) == ["3"]  # --quick runs the first seed only
     seed = report["seeds"]["3"]
-    for stage in ("sft", "stage1", "stage2"):
+    for stage in ("sft", "stage1", "stage2", "stage1_long"):  # QUICK runs the long stage 1 too
         for metric, keys in (
             ("chair", ("chair_s", "chair_i", "recall")),
             ("pope", ("accuracy", "precision", "recall", "f1", "yes_ratio")),
@@ -44,7 +44,14 @@ def test_quick_run_measures_every_stage_and_writes_the_report(
     assert len(seed["curves"]["stage1"]) == report["settings"]["stage1_steps"]
     assert len(seed["curves"]["stage2"]) == report["settings"]["stage2_steps"]
     assert len(seed["curves"]["sft"]) == report["settings"]["sft_steps"]
-    assert set(report["verdict"]) >= {"chair_s_significant_on_2_of_3", "recall_within_5_points"}
+    assert set(report["verdict"]) >= {
+        "chair_s_significant_on_2_of_3",
+        "recall_within_5_points",
+        "stage2_lower_chair_s_than_stage1_as_long",
+    }
+    assert len(seed["curves"]["stage1_long"]) == (
+        report["settings"]["stage1_steps"] + report["settings"]["stage2_steps"]
+    )
 
     # what povidgen build and train wrote, where run.py says
     folder = out / "seed-3"

@@ -1,7 +1,7 @@
 """POVID's experiment in miniature, on CPU: make a tiny VLM hallucinate, measure it, train it
 with povidgen's pairs (stage 1, then stage 2), measure it again. Three seeds.
 
-    python examples/mini_povid/run.py [--out DIR] [--seeds 0 1 2] [--threads N] [--quick]
+    python examples/mini_povid/run.py [--out DIR] [--seeds 0 1 2] [--threads N] [--jobs N] [--quick]
 
 Per seed:
 
@@ -23,12 +23,17 @@ Per seed:
    :mod:`povidgen.eval`; 95% bootstrap intervals over images.
 6. ``povidgen build`` on the training scenes' exact answers (the rule hallucinator swaps in
    co-occurring objects, wrong colours, counts, places; diffusion noise at t = 500).
-7. ``povidgen train --mode text`` (POVID stage 1), merged; measure.
+7. ``povidgen train --mode text`` (POVID stage 1), merged; measure. Both stages add an NLL
+   term on the chosen answer (``--rpo-alpha``, ``Settings.rpo_alpha``).
 8. ``povidgen train --mode povid`` (stage 2) from the merged stage-1 model, merged; measure.
+9. With ``Settings.stage1_long``, stage 1 alone from the SFT model for as many steps as both
+   stages together, measured: does stage 2 add anything a longer stage 1 would not?
 
 Writes ``OUT/results.json`` (every figure and interval, per seed and stage), ``OUT/metrics.png``
 (figures per stage with intervals), ``OUT/curves.png`` (training losses) and prints the table.
-``--quick`` runs the plumbing in seconds (tiny data, a few steps; its numbers mean nothing).
+``--jobs N`` runs N seeds at once, each in a process of its own (``--threads`` torch threads
+each, default 1). ``--quick`` runs the plumbing in seconds (tiny data, a few steps; its
+numbers mean nothing).
 The ``povidgen`` commands run in this process through :func:`povidgen.cli.main`, with the
 arguments printed as a shell command would take them.
 """
@@ -47,7 +52,19 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 STAGES = ("sft", "stage1", "stage2")
-STAGE_NAMES = {"sft": "before (SFT)", "stage1": "after stage 1", "stage2": "after stage 2"}
+STAGE_NAMES = {
+    "sft": "before (SFT)",
+    "stage1": "after stage 1",
+    "stage2": "after stage 2",
+    "stage1_long": "stage 1 only, as long",
+}
+
+
+def _stages(result: dict[str, Any]) -> tuple[str, ...]:
+    """The stages measured: ``STAGES``, and ``stage1_long`` when it ran."""
+    return (*STAGES, "stage1_long") if "stage1_long" in result else STAGES
+
+
 CHAIR_KEYS = ("chair_s", "chair_i", "recall")
 POPE_KEYS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
 
@@ -61,6 +78,7 @@ class Settings:
     cooccurrence: float = 0.8  # P(a further object co-occurs with one already there)
     web_noise: float = 0.5  # P(a web caption also names an absent co-occurring object)
     qa_per_scene: int = 2
+    yes_no_per_scene: int = 0  # extra SFT rows per scene: "Is there a X in the image?" Yes./No.
     image_size: int = 64
     patch: int = 16
     vision_hidden: int = 64
@@ -80,6 +98,8 @@ class Settings:
     stage2_steps: int = 300
     dpo_lr: float = 2e-4
     beta: float = 0.1
+    rpo_alpha: float = 1.0  # povidgen train --rpo-alpha: NLL of the chosen answer, both stages
+    stage1_long: bool = True  # also run stage 1 alone for stage1_steps + stage2_steps
     lora_r: int = 16
     lora_alpha: int = 32
     pope_per_image: int = 3
@@ -98,6 +118,8 @@ QUICK = Settings(
     dpo_batch=2,
     stage1_steps=1,
     stage2_steps=1,
+    stage1_long=True,
+    yes_no_per_scene=2,
     pope_per_image=1,
     caption_tokens=8,
     answer_tokens=4,
@@ -240,6 +262,37 @@ def _prompt(processor: Any, question: str) -> str:
     return text
 
 
+def yes_no_rows(rows: list[dict[str, Any]], settings: Settings, seed: int) -> list[dict[str, Any]]:
+    """POPE-style existence questions for supervised fine-tuning, ``settings.yes_no_per_scene``
+    per training scene, alternating present and absent objects: ``"Is there a cup in the
+    image?"`` answered ``"Yes."`` or ``"No."``. An absent object is, where the scene has one,
+    a class that co-occurs with one present (the objects adversarial POPE asks about)."""
+    from povidgen.eval import POPE_TEMPLATE
+    from povidgen.sources.demo import OBJECT_NAMES
+    from povidgen.sources.scenes import COOCCURRENCE
+
+    rng = random.Random(f"{seed}-yes-no")
+    scenes = {row["scene_id"]: row for row in rows if row["task"] == "caption"}
+    extra = []
+    for scene_id, row in scenes.items():
+        present = list(row["objects"])
+        partners = sorted({c for o in present for c in COOCCURRENCE[o]} - set(present))
+        absent = partners or [o for o in OBJECT_NAMES if o not in present]
+        first = rng.random() < 0.5  # whether the scene's first question is a yes
+        for j in range(settings.yes_no_per_scene):
+            yes = (j % 2 == 0) == first
+            name = rng.choice(present if yes else absent)
+            extra.append(
+                {
+                    "scene_id": scene_id,
+                    "image": row["image"],
+                    "prompt": POPE_TEMPLATE.format(name),
+                    "web_answer": "Yes." if yes else "No.",
+                }
+            )
+    return extra
+
+
 def supervised_finetune(
     model: Any, processor: Any, rows: list[dict[str, Any]], settings: Settings, seed: int
 ) -> list[float]:
@@ -251,7 +304,7 @@ def supervised_finetune(
     tokenizer = processor.tokenizer
     pixels: dict[str, Any] = {}
     examples = []
-    for row in rows:
+    for row in [*rows, *yes_no_rows(rows, settings, seed)]:
         if row["scene_id"] not in pixels:
             pixels[row["scene_id"]] = processor.image_processor(row["image"], return_tensors="pt")[
                 "pixel_values"
@@ -376,51 +429,18 @@ def read_losses(run: Path) -> list[float]:
     return [float(json.loads(line)["loss"]) for line in lines if line.strip()]
 
 
-# -- one seed -----------------------------------------------------------------------------------
-
-
-def run_seed(settings: Settings, seed: int, out: Path) -> dict[str, Any]:
-    from povidgen.sources.scenes import generate_scenes
-
-    started = time.time()
-    folder = out / f"seed-{seed}"
-    scenes_dir = folder / "scenes"
-    scenes = generate_scenes(
-        settings.scenes,
-        seed=seed,
-        held_out=settings.test_scenes / settings.scenes,
-        cooccurrence=settings.cooccurrence,
-        web_noise=settings.web_noise,
-        qa_per_scene=settings.qa_per_scene,
-        size=settings.image_size,
-        out_dir=scenes_dir,
-        overwrite=True,
-    )
-    train = list(scenes["train"])
-    test = [row for row in scenes["test"] if row["task"] == "caption"]
-    noisy = sum(r["web_answer"] != r["answer"] for r in train) / sum(
-        r["task"] == "caption" for r in train
-    )
-    print(
-        f"[seed {seed}] {len(train)} training rows ({noisy:.0%} of the captions name an "
-        f"absent object), {len(test)} test scenes",
-        flush=True,
-    )
-
-    model, processor = build_model(settings, seed)
-    pretrain = pretrain_vision(model, processor, train, settings, seed)
-    sft = supervised_finetune(model, processor, train, settings, seed)
-    sft_dir = folder / "sft"
-    model.save_pretrained(sft_dir)
-    processor.save_pretrained(sft_dir)
-    print(
-        f"[seed {seed}] pretraining loss {pretrain[-1]:.3f}, SFT loss {sft[-1]:.3f} "
-        f"({time.time() - started:.0f}s)",
-        flush=True,
-    )
-    del model
-    results: dict[str, Any] = {"sft": measure(sft_dir, test, settings, seed)}
-
+def preference_stages(
+    settings: Settings,
+    seed: int,
+    folder: Path,
+    sft_dir: Path,
+    scenes_dir: Path,
+    test: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """``povidgen build`` on the training scenes, then stage 1 and stage 2 from ``sft_dir``
+    (and, with ``settings.stage1_long``, stage 1 alone for as many steps as both), each
+    measured."""
+    results: dict[str, Any] = {}
     pairs = folder / "pairs"
     common = [
         "--seed",
@@ -431,6 +451,8 @@ def run_seed(settings: Settings, seed: int, out: Path) -> dict[str, Any]:
         str(settings.dpo_lr),
         "--beta",
         str(settings.beta),
+        "--rpo-alpha",
+        str(settings.rpo_alpha),
         "--lora-r",
         str(settings.lora_r),
         "--lora-alpha",
@@ -483,14 +505,91 @@ def run_seed(settings: Settings, seed: int, out: Path) -> dict[str, Any]:
         *common,
     )
     results["stage2"] = measure(folder / "stage2" / "final", test, settings, seed)
+    if settings.stage1_long:
+        povidgen(
+            "train",
+            "--model",
+            str(sft_dir),
+            "--data",
+            str(pairs),
+            "--out",
+            str(folder / "stage1-long"),
+            "--mode",
+            "text",
+            "--max-steps",
+            str(settings.stage1_steps + settings.stage2_steps),
+            *common,
+        )
+        results["stage1_long"] = measure(folder / "stage1-long" / "final", test, settings, seed)
+    return results
+
+
+# -- one seed -----------------------------------------------------------------------------------
+
+
+def run_seed(settings: Settings, seed: int, out: Path) -> dict[str, Any]:
+    from povidgen.sources.scenes import generate_scenes
+
+    started = time.time()
+    folder = out / f"seed-{seed}"
+    scenes_dir = folder / "scenes"
+    scenes = generate_scenes(
+        settings.scenes,
+        seed=seed,
+        held_out=settings.test_scenes / settings.scenes,
+        cooccurrence=settings.cooccurrence,
+        web_noise=settings.web_noise,
+        qa_per_scene=settings.qa_per_scene,
+        size=settings.image_size,
+        out_dir=scenes_dir,
+        overwrite=True,
+    )
+    train = list(scenes["train"])
+    test = [row for row in scenes["test"] if row["task"] == "caption"]
+    noisy = sum(r["web_answer"] != r["answer"] for r in train) / sum(
+        r["task"] == "caption" for r in train
+    )
+    print(
+        f"[seed {seed}] {len(train)} training rows ({noisy:.0%} of the captions name an "
+        f"absent object), {len(test)} test scenes",
+        flush=True,
+    )
+
+    model, processor = build_model(settings, seed)
+    pretrain = pretrain_vision(model, processor, train, settings, seed)
+    sft = supervised_finetune(model, processor, train, settings, seed)
+    sft_dir = folder / "sft"
+    model.save_pretrained(sft_dir)
+    processor.save_pretrained(sft_dir)
+    print(
+        f"[seed {seed}] pretraining loss {pretrain[-1]:.3f}, SFT loss {sft[-1]:.3f} "
+        f"({time.time() - started:.0f}s)",
+        flush=True,
+    )
+    del model
+    results: dict[str, Any] = {"sft": measure(sft_dir, test, settings, seed)}
+
+    results.update(preference_stages(settings, seed, folder, sft_dir, scenes_dir, test))
     results["curves"] = {
         "pretrain": pretrain,
         "sft": sft,
         "stage1": read_losses(folder / "stage1"),
         "stage2": read_losses(folder / "stage2"),
     }
+    if settings.stage1_long:
+        results["curves"]["stage1_long"] = read_losses(folder / "stage1-long")
     results["seconds"] = time.time() - started
     return results
+
+
+def _run_seed_in_process(
+    settings: Settings, seed: int, out: Path, threads: int | None
+) -> dict[str, Any]:
+    """:func:`run_seed` in a worker process of ``--jobs`` (its own torch threads)."""
+    import torch
+
+    torch.set_num_threads(threads or 1)
+    return run_seed(settings, seed, out)
 
 
 # -- reporting ------------------------------------------------------------------------------------
@@ -513,10 +612,11 @@ def table(seeds: dict[int, dict[str, Any]]) -> str:
     ]
     lines = []
     for seed, result in seeds.items():
-        lines.append(f"seed {seed}" + "".join(f" | {STAGE_NAMES[s]:>22}" for s in STAGES))
+        stages = _stages(result)
+        lines.append(f"seed {seed}" + "".join(f" | {STAGE_NAMES[s]:>22}" for s in stages))
         for label, metric, key in rows:
             lines.append(
-                f"{label:<8}" + "".join(f" | {_cell(result[s], metric, key):>22}" for s in STAGES)
+                f"{label:<8}" + "".join(f" | {_cell(result[s], metric, key):>22}" for s in stages)
             )
         lines.append("")
     return "\n".join(lines)
@@ -524,7 +624,7 @@ def table(seeds: dict[int, dict[str, Any]]) -> str:
 
 def verdict(seeds: dict[int, dict[str, Any]]) -> dict[str, Any]:
     """The issue's must-show, checked per seed."""
-    separated, recall_kept, stage2_adds = [], [], []
+    separated, recall_kept, stage2_adds, stage2_beats_long = [], [], [], []
     for result in seeds.values():
         before, after = result["sft"], result["stage2"]
         low_before = before["chair_intervals"]["chair_s"][0]
@@ -532,12 +632,18 @@ def verdict(seeds: dict[int, dict[str, Any]]) -> dict[str, Any]:
         separated.append(high_after < low_before)
         recall_kept.append(abs(after["chair"]["recall"] - before["chair"]["recall"]) <= 0.05)
         stage2_adds.append(after["chair"]["chair_s"] < result["stage1"]["chair"]["chair_s"])
-    return {
+        if "stage1_long" in result:
+            long = result["stage1_long"]["chair"]["chair_s"]
+            stage2_beats_long.append(after["chair"]["chair_s"] < long)
+    checks: dict[str, Any] = {
         "chair_s_intervals_separate": separated,
         "chair_s_significant_on_2_of_3": sum(separated) >= 2,
         "recall_within_5_points": recall_kept,
         "stage2_lower_chair_s_than_stage1": stage2_adds,
     }
+    if stage2_beats_long:
+        checks["stage2_lower_chair_s_than_stage1_as_long"] = stage2_beats_long
+    return checks
 
 
 def plot(seeds: dict[int, dict[str, Any]], out: Path) -> None:
@@ -554,18 +660,25 @@ def plot(seeds: dict[int, dict[str, Any]], out: Path) -> None:
     ]
     figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.4))
     width = 0.8 / len(seeds)
+    stages = _stages(next(iter(seeds.values())))
+    labels = {
+        "sft": "SFT",
+        "stage1": "stage 1",
+        "stage2": "stage 2",
+        "stage1_long": "stage 1\nas long",
+    }
     for ax, (metric, key, title) in zip(axes, panels, strict=True):
         for i, (seed, result) in enumerate(seeds.items()):
-            xs = [j + (i - (len(seeds) - 1) / 2) * width for j in range(len(STAGES))]
-            values = [100 * result[s][metric][key] for s in STAGES]
-            lows = [100 * result[s][f"{metric}_intervals"][key][0] for s in STAGES]
-            highs = [100 * result[s][f"{metric}_intervals"][key][1] for s in STAGES]
+            xs = [j + (i - (len(seeds) - 1) / 2) * width for j in range(len(stages))]
+            values = [100 * result[s][metric][key] for s in stages]
+            lows = [100 * result[s][f"{metric}_intervals"][key][0] for s in stages]
+            highs = [100 * result[s][f"{metric}_intervals"][key][1] for s in stages]
             errors = [
                 [v - lo for v, lo in zip(values, lows, strict=True)],
                 [hi - v for v, hi in zip(values, highs, strict=True)],
             ]
             ax.bar(xs, values, width, yerr=errors, capsize=2, label=f"seed {seed}")
-        ax.set_xticks(range(len(STAGES)), ["SFT", "stage 1", "stage 2"])
+        ax.set_xticks(range(len(stages)), [labels[s] for s in stages])
         ax.set_title(title, fontsize=10)
         ax.set_ylim(0, 100)
     axes[0].legend(fontsize=8)
@@ -602,6 +715,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--quick", action="store_true", help="a smoke test of the plumbing")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="seeds run at once, in processes of their own"
+    )
     args = parser.parse_args()
 
     import torch
@@ -611,7 +727,19 @@ def main() -> None:
     settings = QUICK if args.quick else Settings()
     seeds = args.seeds[:1] if args.quick else args.seeds
     args.out.mkdir(parents=True, exist_ok=True)
-    results = {seed: run_seed(settings, seed, args.out) for seed in seeds}
+    if args.jobs > 1 and len(seeds) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(min(args.jobs, len(seeds)), mp_context=context) as pool:
+            futures = {
+                seed: pool.submit(_run_seed_in_process, settings, seed, args.out, args.threads)
+                for seed in seeds
+            }
+            results = {seed: future.result() for seed, future in futures.items()}
+    else:
+        results = {seed: run_seed(settings, seed, args.out) for seed in seeds}
     summary = {
         "settings": asdict(settings),
         "quick": args.quick,
