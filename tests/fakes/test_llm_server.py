@@ -261,8 +261,8 @@ def test_anthropic_http_error_faults(server: FakeLLMServer, kind: FaultKind) -> 
     assert error.type == expected_type
     if kind == "429":
         assert error.response.headers["retry-after"] == "3"
-    if kind == "529":
-        assert isinstance(error, anthropic.InternalServerError)
+    if kind == "529":  # a server error (OverloadedError subclasses InternalServerError only
+        assert error.status_code >= 500  # in later SDKs; povidgen retries by the status)
 
 
 def test_slow_fault_times_out_both_clients(server: FakeLLMServer) -> None:
