@@ -475,52 +475,29 @@ def preference_stages(
         str(settings.pairs),
         "--overwrite",
     )
-    povidgen(
-        "train",
-        "--model",
-        str(sft_dir),
-        "--data",
-        str(pairs),
-        "--out",
-        str(folder / "stage1"),
-        "--mode",
-        "text",
-        "--max-steps",
-        str(settings.stage1_steps),
-        *common,
-    )
-    results["stage1"] = measure(folder / "stage1" / "final", test, settings, seed)
-    povidgen(
-        "train",
-        "--model",
-        str(folder / "stage1" / "final"),
-        "--data",
-        str(pairs),
-        "--out",
-        str(folder / "stage2"),
-        "--mode",
-        "povid",
-        "--max-steps",
-        str(settings.stage2_steps),
-        *common,
-    )
-    results["stage2"] = measure(folder / "stage2" / "final", test, settings, seed)
-    if settings.stage1_long:
+
+    def train(start: Path, stage: str, mode: str, steps: int) -> None:
+        """``povidgen train`` from ``start`` into ``folder/stage``; measured after."""
         povidgen(
             "train",
             "--model",
-            str(sft_dir),
+            str(start),
             "--data",
             str(pairs),
             "--out",
-            str(folder / "stage1-long"),
+            str(folder / stage),
             "--mode",
-            "text",
+            mode,
             "--max-steps",
-            str(settings.stage1_steps + settings.stage2_steps),
+            str(steps),
             *common,
         )
-        results["stage1_long"] = measure(folder / "stage1-long" / "final", test, settings, seed)
+        results[stage.replace("-", "_")] = measure(folder / stage / "final", test, settings, seed)
+
+    train(sft_dir, "stage1", "text", settings.stage1_steps)
+    train(folder / "stage1" / "final", "stage2", "povid", settings.stage2_steps)
+    if settings.stage1_long:
+        train(sft_dir, "stage1-long", "text", settings.stage1_steps + settings.stage2_steps)
     return results
 
 
