@@ -381,12 +381,16 @@ class _Pacer:
     429 lowers the rate to :data:`SLOWDOWN` of what it was (one step per ``window``, however
     many 429s land in it; never below half the rate asked for), and every
     :data:`RECOVERY_PERIOD` seconds without one gives back :data:`RECOVERY_STEP` of the rate
-    asked for, until it is reached again.
+    asked for, until it is reached again. After a stall, sends whose slots passed go out no
+    closer than :data:`CATCH_UP_GAP` intervals apart, so the schedule is made up without a
+    burst.
     """
 
     SLOWDOWN = 0.95
     RECOVERY_STEP = 0.01
     RECOVERY_PERIOD = 5.0
+    CATCH_UP_GAP = 0.8
+    """Sends are never closer than this share of the interval (catch-up at 1.25x the rate)."""
 
     def __init__(self, interval: float, window: float = 1.0) -> None:
         self.base_interval = interval
@@ -439,6 +443,13 @@ class _Pacer:
             await asyncio.sleep(slot - now)
         while True:
             now = time.monotonic()
+            # catching up after a stall goes at most 1/CATCH_UP_GAP times the rate: a burst
+            # of late sends would fill the window early, and the window check would then
+            # release the next second's sends in the same burst, echoing it second by second
+            gap = self._sent[-1] + self.CATCH_UP_GAP * self.interval - now if self._sent else 0
+            if gap > 0:
+                await asyncio.sleep(gap)
+                continue
             while self._sent and self._sent[0] <= now - self.window:
                 self._sent.popleft()
             if len(self._sent) < self.capacity:

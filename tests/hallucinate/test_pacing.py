@@ -208,3 +208,28 @@ def test_retry_without_spread_still_waits_for_the_pause() -> None:
     asyncio.run(retry.send(request))
     assert time.monotonic() - start >= 0.3
     assert not pause.active
+
+
+def test_after_a_stall_the_pacer_catches_up_without_a_burst() -> None:
+    """Sends whose slots passed while the loop was blocked go out no closer than
+    CATCH_UP_GAP intervals apart (a burst would fill the server's window early and echo
+    second after second), and the schedule is still caught up."""
+    pacer = _Pacer(0.01)  # 100/s
+    sent: list[float] = []
+
+    async def one() -> None:
+        await pacer.acquire()
+        sent.append(time.monotonic())
+
+    async def stall() -> None:
+        await asyncio.sleep(0.05)
+        time.sleep(0.2)  # the loop blocked: 20 slots pass
+
+    async def run() -> None:
+        await asyncio.gather(stall(), *(one() for _ in range(60)))
+
+    asyncio.run(run())
+    gaps = [b - a for a, b in itertools.pairwise(sorted(sent))]
+    assert min(gaps) >= _Pacer.CATCH_UP_GAP * 0.01 - 1e-6
+    # 60 sends at 100/s: 0.6 s on schedule; the stall is made up at 1.25x the rate
+    assert sent[-1] - sent[0] < 1.0

@@ -389,7 +389,9 @@ def test_the_pacer_never_lets_a_stalled_loop_burst_past_the_rate() -> None:
     asyncio.run(run())
     assert pacer.capacity == 10
     assert len(sent) == 60
-    most = max(sum(1 for t in sent if start <= t < start + 0.1) for start in sent)
+    # sends exactly one window apart may both fall in a half-open window by a few
+    # microseconds of clock between the pacer and this task: count over 0.099 s
+    most = max(sum(1 for t in sent if start <= t < start + 0.099) for start in sent)
     assert most <= 10
     # the schedule is kept: 60 sends at 100/s take about 0.6 s, the stall included
     assert sent[-1] - sent[0] < 1.0
