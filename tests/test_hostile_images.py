@@ -74,6 +74,35 @@ def test_byte_and_pixel_caps(tmp_path: Path) -> None:
     assert open_image(data).image.size == (40, 40)
 
 
+def test_the_byte_cap_is_exact_and_holds_for_a_file_that_grew_since_its_stat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file is read by its size (not a cap-sized buffer); a file of exactly max_bytes is
+    read, one byte more is refused, and so is a file larger than its fstat said."""
+    import os
+
+    from povidgen.sources import images
+
+    data = png(Image.new("RGB", (40, 40), (1, 2, 3)))
+    path = tmp_path / "a.png"
+    path.write_bytes(data)
+    assert open_image(str(path), limits=ImageLimits(max_bytes=len(data))).image.size == (40, 40)
+    with pytest.raises(ImageError, match="larger than max_bytes"):
+        open_image(str(path), limits=ImageLimits(max_bytes=len(data) - 1))
+    fstat = os.fstat
+
+    def shrunk(fd: int) -> os.stat_result:  # the file grew after this size was taken
+        real = fstat(fd)
+        fields = list(real)
+        fields[6] = 10  # st_size
+        return os.stat_result(fields)
+
+    monkeypatch.setattr(images.os, "fstat", shrunk)
+    assert open_image(str(path)).image.size == (40, 40)  # read to the end all the same
+    with pytest.raises(ImageError, match="larger than max_bytes"):
+        open_image(str(path), limits=ImageLimits(max_bytes=len(data) - 1))
+
+
 def test_a_decompression_bomb_is_refused_from_its_header() -> None:
     # 8001 x 8001 one-bit pixels: a 130 kB PNG that would decode to 64M pixels (192 MB RGB)
     bomb = png(Image.new("1", (8001, 8001)))

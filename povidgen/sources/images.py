@@ -167,9 +167,14 @@ def _read_file(path: Path, max_bytes: int) -> bytes:
         os.close(fd)
         kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
         raise ImageError(f"image path {path} is {kind}, not an image file")
+    # read what fstat says is there (plus one byte, to see a file that grew since): asking for
+    # max_bytes + 1 would allocate, and then give back, 64 MiB for every small image
+    want = min(os.fstat(fd).st_size, max_bytes) + 1
     with os.fdopen(fd, "rb", closefd=True) as handle:
         try:
-            data = handle.read(max_bytes + 1)
+            data = handle.read(want)
+            if len(data) == want:  # it grew: read on, up to the cap
+                data += handle.read(max_bytes + 1 - len(data))
         except OSError as error:
             raise ImageError(f"cannot read image file {path}: {error}") from error
     if len(data) > max_bytes:
