@@ -210,11 +210,9 @@ def test_retry_without_spread_still_waits_for_the_pause() -> None:
     assert not pause.active
 
 
-def test_after_a_stall_the_pacer_catches_up_without_a_burst() -> None:
-    """Sends whose slots passed while the loop was blocked go out no closer than
-    CATCH_UP_GAP intervals apart (a burst would fill the server's window early and echo
-    second after second), and the schedule is still caught up."""
-    pacer = _Pacer(0.01)  # 100/s
+def _sends_around_a_stall(pacer: _Pacer, count: int = 60) -> list[float]:
+    """When each of ``count`` tasks got through ``pacer``, the event loop blocked for 0.2 s
+    from 0.05 s on (every task whose slot passed then wakes at once)."""
     sent: list[float] = []
 
     async def one() -> None:
@@ -223,12 +221,35 @@ def test_after_a_stall_the_pacer_catches_up_without_a_burst() -> None:
 
     async def stall() -> None:
         await asyncio.sleep(0.05)
-        time.sleep(0.2)  # the loop blocked: 20 slots pass
+        time.sleep(0.2)  # the loop blocked: 20 slots pass at 100/s
 
     async def run() -> None:
-        await asyncio.gather(stall(), *(one() for _ in range(60)))
+        await asyncio.gather(stall(), *(one() for _ in range(count)))
 
     asyncio.run(run())
+    return sent
+
+
+def test_the_pacer_never_lets_a_stalled_loop_burst_past_the_rate() -> None:
+    """The window check holds back the tasks a stall woke together: no window holds more
+    sends than the rate allows."""
+    pacer = _Pacer(0.01, window=0.1)  # 100/s: at most 10 sends in any 0.1 s
+    sent = _sends_around_a_stall(pacer)
+    assert pacer.capacity == 10
+    assert len(sent) == 60
+    # sends exactly one window apart may both fall in a half-open window by a few
+    # microseconds of clock between the pacer and this task: count over 0.099 s
+    most = max(sum(1 for t in sent if start <= t < start + 0.099) for start in sent)
+    assert most <= 10
+    # the schedule is kept: 60 sends at 100/s take about 0.6 s, the stall included
+    assert sent[-1] - sent[0] < 1.0
+
+
+def test_after_a_stall_the_pacer_catches_up_without_a_burst() -> None:
+    """Sends whose slots passed while the loop was blocked go out no closer than
+    CATCH_UP_GAP intervals apart (a burst would fill the server's window early and echo
+    second after second), and the schedule is still caught up."""
+    sent = _sends_around_a_stall(_Pacer(0.01))  # 100/s
     gaps = [b - a for a, b in itertools.pairwise(sorted(sent))]
     assert min(gaps) >= _Pacer.CATCH_UP_GAP * 0.01 - 1e-6
     # 60 sends at 100/s: 0.6 s on schedule; the stall is made up at 1.25x the rate
