@@ -162,14 +162,15 @@ def _read_file(path: Path, max_bytes: int) -> bytes:
         raise ImageError(f"image file not found: {path}") from None
     except OSError as error:
         raise ImageError(f"cannot read image file {path}: {error.strerror or error}") from error
-    mode = os.fstat(fd).st_mode
+    status = os.fstat(fd)
+    mode = status.st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
         kind = next((name for test, name in _FILE_KINDS if test(mode)), "not a regular file")
         raise ImageError(f"image path {path} is {kind}, not an image file")
     # read what fstat says is there (plus one byte, to see a file that grew since): asking for
     # max_bytes + 1 would allocate, and then give back, 64 MiB for every small image
-    want = min(os.fstat(fd).st_size, max_bytes) + 1
+    want = min(status.st_size, max_bytes) + 1
     with os.fdopen(fd, "rb", closefd=True) as handle:
         try:
             data = handle.read(want)
