@@ -16,6 +16,9 @@ deterministic image file per row, in a temporary folder). Contenders, each on th
   PNG or WebP source's own bytes (``SourceImage.encoded``), so with the default JPEG input it
   is not. The floor's PNG of row 0 is checked against the build's stored ``rejected_images``
   bytes, so both did the same work;
+* floor on 2 cores: the same loop in two fresh processes, each pinned to its own CPU and
+  given every other row, started together; its time is the slower one's. It is what the
+  machine itself gives from a second core when nothing is shared (not a target, a ceiling);
 * build, 1 core: ``povidgen build --workers 1`` in a child process pinned to one CPU
   (``taskset -c``);
 * build, 2 cores: ``--workers 2`` pinned to two CPUs.
@@ -31,15 +34,18 @@ from __future__ import annotations
 
 import argparse
 import io
+import multiprocessing
 import os
 import resource
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 import torch
@@ -78,11 +84,17 @@ class Floor:
         return self.decode + self.noise + self.encode
 
 
-def floor(data: Input, cpu: int) -> Floor:
-    """Decode + noise + PNG encode of every row, in this process, on CPU ``cpu`` alone."""
+def floor(
+    data: Input, cpu: int, part: tuple[int, int] = (0, 1), ready: Callable[[], object] = int
+) -> Floor:
+    """Decode + noise + PNG encode of every row (or of every ``part[1]``-th row from row
+    ``part[0]``), in this process, on CPU ``cpu`` alone; ``ready`` is called once set up, just
+    before the timed loop."""
     noise = DiffusionNoise(step=500)
     folder = data.path.parent
+    first, step = part
     rows = sorted((folder / "images").iterdir())[: data.rows]
+    indices = range(first, len(rows), step)
     affinity, threads = os.sched_getaffinity(0), torch.get_num_threads()
     os.sched_setaffinity(0, {cpu})
     torch.set_num_threads(1)
@@ -90,9 +102,11 @@ def floor(data: Input, cpu: int) -> Floor:
         warm = Image.open(rows[0]).convert("RGB")
         png_bytes(noise(warm, seed=0))  # first-call set-up (schedule, allocator) not timed
         result = Floor()
+        ready()
         busy_before, own_before = cpu_busy([cpu]), _own_cpu()
         started = time.perf_counter()
-        for index, path in enumerate(rows):
+        for index in indices:
+            path = rows[index]
             start = time.perf_counter()
             encoded = path.read_bytes()
             image = Image.open(io.BytesIO(encoded))
@@ -118,6 +132,31 @@ def floor(data: Input, cpu: int) -> Floor:
     finally:
         os.sched_setaffinity(0, affinity)
         torch.set_num_threads(threads)
+
+
+def floor_on_cores(data: Input, cpus: Sequence[int]) -> float:
+    """Seconds for the floor's work over all rows split between ``len(cpus)`` processes, one
+    pinned to each CPU, started together: the machine's own scaling, with no shared
+    interpreter (the longest process's time counts)."""
+    context = multiprocessing.get_context("spawn")  # a fresh child: no torch state forked
+    start = context.Barrier(len(cpus))  # the timed loops start together
+    with ProcessPoolExecutor(
+        len(cpus), mp_context=context, initializer=_keep_barrier, initargs=(start,)
+    ) as pool:
+        parts = [pool.submit(_floor_part, data, cpu, (i, len(cpus))) for i, cpu in enumerate(cpus)]
+        return max(part.result().total for part in parts)
+
+
+_BARRIER: Any = None
+
+
+def _keep_barrier(barrier: Any) -> None:
+    global _BARRIER
+    _BARRIER = barrier
+
+
+def _floor_part(data: Input, cpu: int, part: tuple[int, int]) -> Floor:
+    return floor(data, cpu, part, ready=_BARRIER.wait)
 
 
 def _own_cpu() -> float:
@@ -171,10 +210,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"({data.image_bytes / 2**20:.0f} MiB) made in {data.seconds:.1f} s"
         )
         floors: list[Floor] = []
+        floors_two: list[float] = []
         one: list[Run] = []
         two: list[Run] = []
         for _ in range(args.repeats):
             floors.append(floor(data, cpus[0]))
+            if len(cpus) >= 2:
+                floors_two.append(floor_on_cores(data, cpus[:2]))
             one.append(build(data, folder / "out-1", cpus[:1]))
             if len(cpus) >= 2:
                 two.append(build(data, folder / "out-2", cpus[:2]))
@@ -197,6 +239,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             + ", ".join(f"{part} {ms:.2f}" for part, ms in per_row.items())
             + f"{_others(best_floor.others, 'its core')})"
         )
+        if floors_two:
+            best_two_floor = min(floors_two)
+            print(
+                f"floor on 2 cores (2 processes, half the rows each):  "
+                f"{rows / best_two_floor:8.1f} rows/s  (the machine's own 2-core scaling: "
+                f"{best_floor.total / best_two_floor:.2f}x the 1-core floor)"
+            )
         print(
             f"povidgen build, 1 core (--workers 1):                   {rows / one_s:8.1f} rows/s  "
             f"({one_s:.2f} s; wall {best_one.wall:.1f} s with start-up"

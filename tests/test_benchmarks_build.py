@@ -73,6 +73,13 @@ def test_build_benchmarks_run_at_tiny_sizes() -> None:
     )
     assert float(floor.group(1)) > 0
     two_cpus = len(os.sched_getaffinity(0)) >= 2
+    if two_cpus:
+        ceiling = one(
+            rf"^floor on 2 cores \(2 processes, half the rows each\):\s+{NUMBER} rows/s  \(the "
+            rf"machine's own 2-core scaling: {NUMBER}x the 1-core floor\)$",
+            throughput_out,
+        )
+        assert float(ceiling.group(2)) > 0
     for cores in ("1 core (--workers 1)", "2 cores (--workers 2)")[: 2 if two_cpus else 1]:
         one(
             rf"^povidgen build, {re.escape(cores)}:\s+{NUMBER} rows/s  \({NUMBER} s; wall "
