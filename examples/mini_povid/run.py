@@ -88,7 +88,7 @@ class Settings:
     pretrain_steps: int = 600
     pretrain_batch: int = 64
     pretrain_lr: float = 2e-3
-    sft_steps: int = 1500
+    sft_steps: int = 4000
     sft_batch: int = 16
     sft_lr: float = 2e-3
     projector_lr_scale: float = 5.0
@@ -98,7 +98,7 @@ class Settings:
     stage2_steps: int = 300
     dpo_lr: float = 2e-4
     beta: float = 0.1
-    rpo_alpha: float = 1.0  # povidgen train --rpo-alpha: NLL of the chosen answer, both stages
+    rpo_alpha: float = 4.0  # povidgen train --rpo-alpha: NLL of the chosen answer, both stages
     stage1_long: bool = True  # also run stage 1 alone for stage1_steps + stage2_steps
     lora_r: int = 16
     lora_alpha: int = 32
