@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from povidgen.redact import scrub
 
 __all__ = [
+    "INJECTED_KINDS",
     "Edit",
     "EditKind",
     "Example",
@@ -51,6 +52,16 @@ class EditKind(StrEnum):
     """Wrong text read from the image (signs, labels, OCR content)."""
     REASONING = "reasoning"
     """A corrupted reasoning step or conclusion that reaches a wrong answer."""
+    OMISSION = "omission"
+    """A present object left out of the answer (its ``injected`` text may be empty).
+
+    Not a hallucination: an incomplete answer, rejected so that preference training does not
+    reward saying less (see :class:`~povidgen.RuleHallucinator`'s ``omissions``)."""
+
+
+INJECTED_KINDS: tuple[EditKind, ...] = tuple(k for k in EditKind if k is not EditKind.OMISSION)
+"""The kinds that inject a wrong statement: every :class:`EditKind` but ``OMISSION``. The
+default of the hallucinators' ``kinds``."""
 
 
 class _Model(BaseModel):
@@ -113,16 +124,24 @@ class Edit(_Model):
 
     ``start`` and ``end`` index the *rejected* answer: ``rejected[start:end] == injected``.
     ``original`` is the text it replaced in the chosen answer (``""`` for a pure insertion).
+    Only an :attr:`EditKind.OMISSION` may have an empty ``injected`` (a pure deletion, whose
+    span is empty); it must have a non-empty ``original``.
     """
 
     kind: EditKind
     original: str
-    injected: str = Field(min_length=1)
+    injected: str
     start: int = Field(ge=0)
     end: int = Field(ge=0)
 
     @model_validator(mode="after")
     def _span_matches_length(self) -> Edit:
+        if not self.injected and self.kind is not EditKind.OMISSION:
+            raise ValueError(
+                f"a {self.kind.value} edit must inject some text; only an omission may not"
+            )
+        if self.kind is EditKind.OMISSION and not self.original:
+            raise ValueError("an omission must name what it left out (original is empty)")
         if self.end - self.start != len(self.injected):
             raise ValueError(
                 f"span [{self.start}, {self.end}) has length {self.end - self.start} but the "

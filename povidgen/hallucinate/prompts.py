@@ -27,11 +27,12 @@ import hashlib
 import json
 import re
 import string
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from povidgen.schema import EditKind, Example
+from povidgen.schema import INJECTED_KINDS, EditKind, Example
 
 __all__ = [
     "ANSWER_CLOSE",
@@ -138,12 +139,21 @@ _DESCRIBE_REQUEST = re.compile(
 _SENTINEL = "\x00povidgen-answer\x00"
 
 
+# The kinds a model may report: EditKind without OMISSION, under EditKind's name and
+# description, so the JSON schema sent to providers (and so every request body and cache key)
+# is the same as before omissions existed. Its members compare equal to EditKind's.
+_ReplyKind = StrEnum(  # type: ignore[misc]
+    "EditKind", {kind.name: kind.value for kind in INJECTED_KINDS}, module=__name__
+)
+_ReplyKind.__doc__ = EditKind.__doc__
+
+
 class ReplyEdit(BaseModel):
     """One error as the model reports it (spans are located later by the verifier)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: EditKind = Field(description="The type of the injected error.")
+    kind: _ReplyKind = Field(description="The type of the injected error.")
     original: str = Field(
         description='The replaced phrase, verbatim from the original answer; "" for an insertion.'
     )
@@ -183,7 +193,7 @@ class PromptConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kinds: tuple[EditKind, ...] = tuple(EditKind)
+    kinds: tuple[EditKind, ...] = INJECTED_KINDS
     min_edits: int = Field(default=2, ge=1)
     max_edits: int = Field(default=3, ge=1)
     max_length_ratio: float = 1.5
@@ -196,6 +206,12 @@ class PromptConfig(BaseModel):
             raise ValueError("kinds must name at least one EditKind")
         if len(set(value)) != len(value):
             raise ValueError(f"kinds has duplicates: {[k.value for k in value]}")
+        if EditKind.OMISSION in value:
+            raise ValueError(
+                "kinds cannot include 'omission': a model's edits are checked by the text they "
+                "inject, and an omission injects none (the rule hallucinator's `omissions` "
+                "makes them)"
+            )
         return value
 
     @field_validator("max_length_ratio")

@@ -48,7 +48,7 @@ from povidgen.errors import VerificationError
 from povidgen.hallucinate.lexicon import detect_language, english
 from povidgen.hallucinate.prompts import ANSWER_CLOSE, ANSWER_OPEN, PromptConfig, RewriteReply
 from povidgen.hallucinate.questions import answer_problem, parse_question
-from povidgen.schema import Edit, Example, Hallucination
+from povidgen.schema import Edit, EditKind, Example, Hallucination
 
 __all__ = ["VerificationError", "verify_answer_to_question", "verify_reply"]
 
@@ -276,7 +276,7 @@ def verify_reply(
 
     allowed = ", ".join(kind.value for kind in config.kinds)
     for number, edit in enumerate(parsed.edits, start=1):
-        if edit.kind not in config.kinds:
+        if EditKind(edit.kind) not in config.kinds:
             raise VerificationError(
                 f"Edit {number} has kind '{edit.kind.value}', which is not allowed here; use "
                 f"only these kinds: {allowed}."
@@ -328,7 +328,7 @@ def verify_reply(
             rejected=rejected,
             edits=[
                 Edit(
-                    kind=edit.kind,
+                    kind=EditKind(edit.kind),
                     original=edit.original,
                     injected=rejected[start:end],
                     start=start,

@@ -38,7 +38,7 @@ from povidgen.hallucinate.prompts import (
     prompt_fingerprint,
 )
 from povidgen.hallucinate.verify import VerificationError, verify_reply
-from povidgen.schema import EditKind, Example, Hallucination
+from povidgen.schema import INJECTED_KINDS, EditKind, Example, Hallucination
 
 _IMAGE = Image.new("RGB", (8, 8))
 CAPTION = "A man in a red shirt is holding a kite on the beach. Two dogs run beside him."
@@ -203,9 +203,23 @@ def test_prompt_config_validation(kwargs: dict[str, Any], message: str) -> None:
 def test_prompt_config_is_frozen_and_takes_kind_names() -> None:
     config = PromptConfig.model_validate({"kinds": ["object", "count"]})
     assert config.kinds == (EditKind.OBJECT, EditKind.COUNT)
-    assert PromptConfig().kinds == tuple(EditKind)
+    assert PromptConfig().kinds == INJECTED_KINDS == tuple(EditKind)[:-1]
     with pytest.raises(ValidationError):
         setattr(config, "min_edits", 1)  # noqa: B010 - checks that the model is frozen
+
+
+def test_prompt_config_refuses_omissions_which_a_model_reply_cannot_show() -> None:
+    with pytest.raises(ValidationError, match="cannot include 'omission'"):
+        PromptConfig(kinds=(EditKind.OBJECT, EditKind.OMISSION))
+
+
+def test_the_reply_schema_offers_the_injected_kinds_only_under_edit_kinds_name() -> None:
+    # The schema sent to providers must stay what it was before omissions existed: the request
+    # bodies, and so the reply cache's keys, depend on it.
+    kind = RewriteReply.model_json_schema()["$defs"]["EditKind"]
+    assert kind["enum"] == [k.value for k in INJECTED_KINDS]
+    assert kind["description"] == EditKind.__doc__
+    assert ReplyEdit(kind="count", original="2", injected="3").kind == EditKind.COUNT
 
 
 def test_fingerprint_is_stable_and_tracks_config_and_template() -> None:
@@ -463,7 +477,7 @@ WORDS = ["cat", "dog", "red", "blue", "two", "Two", "a", "A", "on", "the", "kite
         st.tuples(st.integers(0, 13), st.sampled_from([*WORDS, "", "Cat", "I'm sorry"])),
         max_size=4,
     ),
-    kinds=st.lists(st.sampled_from(list(EditKind)), min_size=4, max_size=4),
+    kinds=st.lists(st.sampled_from(list(INJECTED_KINDS)), min_size=4, max_size=4),
     report_original=st.booleans(),
 )
 def test_property_spans_are_exact_or_verification_error(
