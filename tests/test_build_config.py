@@ -346,7 +346,11 @@ def test_a_mapping_becomes_the_pydantic_model_the_constructor_takes(tmp_path: Pa
         (
             ["--hallucinator-option", "temperature=0.5"],
             "hallucinator option 'temperature': the 'rule' hallucinator takes no such option "
-            "(its options: kinds, max_edits, min_edits, word_lists)",
+            "(its options: kinds, max_edits, min_edits, omissions, word_lists)",
+        ),
+        (
+            ["--hallucinator-option", "omissions=2"],
+            "cannot set up the 'rule' provider: omissions must be a number from 0 to 1, got 2",
         ),
         (
             ["--hallucinator-option", "min_edits=true"],  # kept a bool: the constructor refuses

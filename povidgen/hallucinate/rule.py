@@ -87,8 +87,26 @@ naming the language, unless ``word_lists`` supplies lists for it (the format is 
 :mod:`povidgen.hallucinate.lexicon`); its answers then get word-for-word swaps from those lists,
 and the objects the prompt names are never swapped.
 
+**Omissions** (``omissions``, off by default). DPO on hallucinated rejections alone teaches a
+model that mentioning objects is risky, and the cheapest way to mention fewer wrong ones is to
+mention fewer: object recall falls with the hallucination rate (``docs/mini_povid.md``
+measures it). With ``omissions=p``, a share ``p`` of English *descriptions* (answers to a
+prompt that asks no question, "Describe the image.") get a rejected answer that is the answer
+with one listed object left out (:attr:`EditKind.OMISSION`): an item of a list in one sentence
+("..., *a blue cup at the top* and a kite"), not the list's first, that starts as a noun phrase
+("a", "two", "some"...), has at most eight words and names one object, named nowhere else in
+its sentence. The item goes with the join before it, and the joins left are made to read right
+("A, B and C" without C is "A and B"; "A, B, and C" without B is "A and C"). Other sentences
+that name the object go too ("The kite is below the umbrellas."), preferring objects that no
+other sentence names. A sentence with a single comma-joined item ("On the left, a cat sits") is
+not a list. When a description has nothing to leave out, its errors are injected as usual. An
+omission's edit records the text left out as ``original`` and usually an empty ``injected``
+(an empty span), or the rewritten joins. ``omissions`` is recorded in :meth:`params` only when
+it is not 0, so builds without it keep their parameters and cache keys.
+
 Everything is deterministic per ``(example.seed, example.id)``: the only randomness is a
-:class:`random.Random` seeded with ``derive_seed(example.seed, example.id, "rule")``.
+:class:`random.Random` seeded with ``derive_seed(example.seed, example.id, "rule")`` (and, for
+the omission draw, one seeded with ``derive_seed(example.seed, example.id, "rule-omission")``).
 """
 
 from __future__ import annotations
@@ -128,7 +146,7 @@ from povidgen.hallucinate.questions import (
     quantity_before,
     verb_before,
 )
-from povidgen.schema import Edit, EditKind, Example, Hallucination
+from povidgen.schema import INJECTED_KINDS, Edit, EditKind, Example, Hallucination
 from povidgen.seeding import derive_seed
 
 __all__ = ["RuleHallucinator"]
@@ -200,7 +218,7 @@ _QUOTES = (
 _SENTENCE_END = re.compile(r"[.!?]+[\"'\u201d\u2019)\]]*(?=\s|\Z)")
 _THERE_IS = re.compile(r"(?<!\w)there[ \t]+(?:is|are|was|were)(?!\w)|(?<!\w)there['\u2019]s", re.I)
 
-_SUPPORTED_KINDS: frozenset[EditKind] = frozenset(EditKind)
+_SUPPORTED_KINDS: frozenset[EditKind] = frozenset(INJECTED_KINDS)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,6 +504,151 @@ def _find_candidates(
 
 
 # ---------------------------------------------------------------------------------------------
+# Omissions
+
+# How the items of a list are joined: ", and " (serial comma), ", ", " and ".
+_LIST_JOIN = re.compile(r",[ \t]+and[ \t]+|,[ \t]+|[ \t]+and[ \t]+")
+# A list item that can be left out starts as a noun phrase does.
+_ITEM_START = re.compile(
+    r"(?:a|an|the|one|two|three|four|five|six|seven|eight|nine|ten|some|several|many|\d+)"
+    r"(?=[ \t])",
+    re.IGNORECASE,
+)
+_MAX_ITEM_WORDS = 8
+
+
+@dataclass(frozen=True)
+class _Item:
+    join_start: int  # where the join before the item starts
+    start: int  # where the item's own text starts
+    end: int
+    join: str  # the join before it: ", ", " and ", ", and "
+
+
+def _sentence_spans(text: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of each sentence of ``text``, its end punctuation included and
+    surrounding white space excluded."""
+    spans: list[tuple[int, int]] = []
+    start = 0
+    for match in [*_SENTENCE_END.finditer(text), None]:
+        end = len(text) if match is None else match.end()
+        piece = text[start:end]
+        if piece.strip():
+            lead = len(piece) - len(piece.lstrip())
+            spans.append((start + lead, start + len(piece.rstrip())))
+        start = end
+    return spans
+
+
+def _list_items(text: str, start: int, end: int) -> list[_Item]:
+    """The items of ``text[start:end]`` after its first, split at list joins; the first
+    item (the sentence's start, "The image shows two cups") is never one of them."""
+    body_end = end
+    while body_end > start and text[body_end - 1] in ".!?\"')]\u201d\u2019":
+        body_end -= 1
+    joins = list(_LIST_JOIN.finditer(text, start, body_end))
+    items: list[_Item] = []
+    for index, join in enumerate(joins):
+        item_end = joins[index + 1].start() if index + 1 < len(joins) else body_end
+        items.append(_Item(join.start(), join.end(), item_end, join.group()))
+    return items
+
+
+def _mentions(text: str, start: int, end: int, lexicon: Lexicon) -> list[str]:
+    """The object names mentioned in ``text[start:end]`` (not negated), in order."""
+    names: list[str] = []
+    for match in lexicon.object_re.finditer(text, start, end):
+        form = lexicon.forms.get(norm(match.group()))
+        if form is None or _is_negated(text, match.start(), lexicon):
+            continue
+        if (
+            form.name == "orange"
+            and form.plural is False
+            and _orange_is_colour(text, match.start(), match.end(), lexicon)
+        ):
+            continue
+        names.append(form.name)
+    return names
+
+
+def _omission(text: str, lexicon: Lexicon, rng: random.Random) -> list[_Replacement] | None:
+    """Replacements that leave one listed object out of ``text``, or ``None``.
+
+    A candidate is an item of a list in one sentence ("..., *a blue cup at the top* and a
+    kite"), not the list's first, that starts as a noun phrase ("a", "two", "some"...), has at
+    most eight words and names exactly one object, named nowhere else in its sentence. The
+    item goes with the join before it; when it was the last, the join before the new last item
+    becomes the one it had ("A, B and C" becomes "A and B"). Other sentences that name the
+    object go too, so the answer does not mention what it no longer lists; candidates whose
+    object no other sentence names are preferred.
+    """
+    sentences = _sentence_spans(text)
+    options: list[tuple[_Item, list[_Item], list[tuple[int, int]]]] = []
+    for index, (start, end) in enumerate(sentences):
+        items = _list_items(text, start, end)
+        if len(items) == 1 and "and" not in items[0].join:
+            continue  # "On the left, a cat sits" is no list; "A and B" and "A, B, C" are
+        for item in items:
+            words = text[item.start : item.end].split()
+            if not _ITEM_START.match(text, item.start) or len(words) > _MAX_ITEM_WORDS:
+                continue
+            names = set(_mentions(text, item.start, item.end, lexicon))
+            if len(names) != 1:
+                continue
+            (name,) = names
+            around = (*_mentions(text, start, item.join_start, lexicon),
+                      *_mentions(text, item.end, end, lexicon))  # fmt: skip
+            if name in around:
+                continue
+            dropped = [
+                span
+                for other, span in enumerate(sentences)
+                if other != index and name in _mentions(text, *span, lexicon)
+            ]
+            options.append((item, items, dropped))
+    if not options:
+        return None
+    rng.shuffle(options)
+    options.sort(key=lambda option: len(option[2]))
+    item, items, dropped = options[0]
+    replacements = [_omit_item(text, item, items)]
+    for start, end in dropped:
+        # The sentence and the white space before it (after it, for the answer's first).
+        low, high = start, end
+        while low > 0 and text[low - 1] in " \t\n":
+            low -= 1
+        if low == 0:
+            while high < len(text) and text[high] in " \t\n":
+                high += 1
+        replacements.append(_Replacement(EditKind.OMISSION, low, high, text[low:high], ""))
+    return sorted(replacements, key=lambda r: r.start)
+
+
+def _omit_item(text: str, item: _Item, items: list[_Item]) -> _Replacement:
+    """The replacement that removes ``item`` and the join before it from its list
+    (``items``, as :func:`_list_items` found them), the joins left made to read right."""
+    position = items.index(item)
+    previous = items[position - 1] if position > 0 else None
+    following = items[position + 1] if position + 1 < len(items) else None
+    if (
+        following is None
+        and previous is not None
+        and previous.join.strip() == ","
+        and "and" in item.join
+    ):
+        # "A, B and C" without C is "A and B": B's join becomes the one C had.
+        original = text[previous.join_start : item.end]
+        injected = item.join + text[previous.start : item.join_start]
+        return _Replacement(EditKind.OMISSION, previous.join_start, item.end, original, injected)
+    if following is not None and len(items) == 2 and following.join.startswith(", and"):
+        # "A, B, and C" without B is "A and C", without the serial comma.
+        original = text[item.join_start : following.start]
+        return _Replacement(EditKind.OMISSION, item.join_start, following.start, original, " and ")
+    original = text[item.join_start : item.end]
+    return _Replacement(EditKind.OMISSION, item.join_start, item.end, original, "")
+
+
+# ---------------------------------------------------------------------------------------------
 # The hallucinator
 
 
@@ -507,6 +670,11 @@ class RuleHallucinator(Hallucinator):
             list of them, one per language (the format is in
             :mod:`povidgen.hallucinate.lexicon`). Without lists for its language, an answer
             that is not in English is a :class:`~povidgen.HallucinationError`.
+        omissions: the share (``0`` to ``1``) of English descriptions (answers to a prompt
+            that asks no question, such as "Describe the image.") whose rejected answer
+            instead leaves out one object that the answer lists (an
+            :attr:`~povidgen.EditKind.OMISSION`; see "Omissions" in the module
+            documentation). ``0``, the default, makes none.
 
     Raises:
         ValueError: on a bad value of any argument (including unreadable word lists).
@@ -521,7 +689,15 @@ class RuleHallucinator(Hallucinator):
         max_edits: int = 3,
         kinds: Collection[str | EditKind] | None = None,
         word_lists: WordListSource | Sequence[WordListSource] | None = None,
+        omissions: float = 0.0,
     ) -> None:
+        if (
+            isinstance(omissions, bool)
+            or not isinstance(omissions, int | float)
+            or not 0.0 <= omissions <= 1.0
+        ):
+            raise ValueError(f"omissions must be a number from 0 to 1, got {omissions!r}")
+        self._omissions = float(omissions)
         for label, value in (("min_edits", min_edits), ("max_edits", max_edits)):
             if isinstance(value, bool) or not isinstance(value, int):
                 raise ValueError(f"{label} must be an int, got {value!r}")
@@ -551,8 +727,13 @@ class RuleHallucinator(Hallucinator):
 
     @property
     def kinds(self) -> frozenset[EditKind]:
-        """The kinds of edit this instance may make."""
+        """The kinds of error this instance may inject (omissions are set by ``omissions``)."""
         return self._kinds
+
+    @property
+    def omissions(self) -> float:
+        """The share of descriptions whose rejected answer leaves out a listed object."""
+        return self._omissions
 
     @property
     def languages(self) -> tuple[str, ...]:
@@ -569,6 +750,10 @@ class RuleHallucinator(Hallucinator):
             "lexicon_version": data.version,
             "rules_version": RULES_VERSION,
         }
+        if self._omissions:
+            # Only when set, so that the parameters (and the build's cache keys) of a
+            # hallucinator without omissions stay what they were before the option existed.
+            params["omissions"] = self._omissions
         if self._word_lists:
             params["word_lists"] = {
                 code: {"version": lexicon.version, "sha256": lexicon.fingerprint}
@@ -586,7 +771,26 @@ class RuleHallucinator(Hallucinator):
                 could be made (the message says which).
         """
         rng = random.Random(derive_seed(example.seed, example.id, "rule"))
+        if self._omissions:
+            omitted = self._omit(example, derive_seed(example.seed, example.id, "rule-omission"))
+            if omitted is not None:
+                return omitted
         return self._corrupt(example.prompt, example.answer, rng)
+
+    def _omit(self, example: Example, seed: int) -> Hallucination | None:
+        """``example.answer`` with one listed object left out, drawn with probability
+        ``omissions`` for an English description; ``None`` otherwise or when the answer lists
+        nothing that can go."""
+        rng = random.Random(seed)
+        if rng.random() >= self._omissions:
+            return None
+        lexicon = self._lexicon_for(example.answer)
+        if not lexicon.english or parse_question(example.prompt, lexicon) is not None:
+            return None
+        if leading_yes_no(example.answer) is not None:
+            return None
+        replacements = _omission(example.answer, lexicon, rng)
+        return None if replacements is None else _apply(example.answer, replacements)
 
     def _lexicon_for(self, answer: str) -> Lexicon:
         profiles = {code: lexicon.function_words for code, lexicon in self._word_lists.items()}
@@ -704,8 +908,13 @@ def _parse_kinds(kinds: Collection[str | EditKind] | None) -> frozenset[EditKind
         try:
             parsed.add(EditKind(str(kind).casefold()))
         except ValueError:
-            valid = ", ".join(k.value for k in EditKind)
+            valid = ", ".join(k.value for k in INJECTED_KINDS)
             raise ValueError(f"unknown edit kind {kind!r}; choose from: {valid}") from None
+        if EditKind.OMISSION in parsed:
+            raise ValueError(
+                "kinds names the errors to inject; 'omission' is not one of them: set "
+                "omissions=SHARE to leave objects out of descriptions"
+            )
     if not parsed:
         raise ValueError("kinds must name at least one edit kind")
     return frozenset(parsed)
