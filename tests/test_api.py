@@ -107,6 +107,23 @@ def test_import_povidgen_does_not_import_torch() -> None:
     )
 
 
+def test_the_command_line_starts_without_torch() -> None:
+    # Every command pays for what `povidgen` imports before it parses its arguments: PyTorch
+    # alone took seconds. `train` imports it once it trains; its parser and config do not.
+    _fresh_python(
+        "import contextlib, io, sys\n"
+        "from povidgen.cli import main\n"
+        "for argv in (['--help'], ['train', '--help'], ['build', '--help']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        main(argv)\n"
+        "import povidgen.train\n"
+        "povidgen.train.DPOConfig, povidgen.train.LOSS_TYPES\n"
+        "assert 'torch' not in sys.modules, 'the command line imported torch'\n"
+        "povidgen.train.dpo_loss\n"
+        "assert 'torch' in sys.modules\n"
+    )
+
+
 def test_every_name_resolves_lazily_to_its_module() -> None:
     # in a fresh interpreter, so that nothing was imported before __getattr__ runs
     _fresh_python(

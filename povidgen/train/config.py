@@ -11,7 +11,33 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from povidgen.train.losses import LOSS_TYPES, POVID_COMBINES
+LOSS_TYPES: tuple[str, ...] = (
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+)
+"""Every loss type :func:`~povidgen.train.dpo_loss` accepts (the loss types of TRL's
+``DPOTrainer``). Here, not in :mod:`povidgen.train.losses`, so that the command line can offer
+them without importing PyTorch."""
+
+F_DIVERGENCES: tuple[str, ...] = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
+"""The f-divergences of f-DPO (arXiv:2309.16240) that :func:`~povidgen.train.dpo_loss`
+accepts."""
+
+POVID_COMBINES: tuple[str, ...] = ("mean_of_dpo", "single_sigmoid")
+"""The two ways :func:`~povidgen.train.povid_loss` combines its two rejected responses."""
 
 __all__ = ["DPOConfig", "Mode", "RefStrategy"]
 

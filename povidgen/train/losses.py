@@ -35,6 +35,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
 
+from povidgen.train.config import F_DIVERGENCES, LOSS_TYPES, POVID_COMBINES
+
 __all__ = [
     "F_DIVERGENCES",
     "LOSS_TYPES",
@@ -49,11 +51,6 @@ __all__ = [
     "povid_loss",
 ]
 
-F_DIVERGENCES: tuple[str, ...] = ("reverse_kl", "forward_kl", "js_divergence", "alpha_divergence")
-"""The f-divergences of f-DPO (arXiv:2309.16240) that :func:`dpo_loss` accepts."""
-
-POVID_COMBINES: tuple[str, ...] = ("mean_of_dpo", "single_sigmoid")
-"""The two ways :func:`povid_loss` combines its two rejected responses."""
 
 _LENGTH_NORMALISED: frozenset[str] = frozenset({"ipo", "sigmoid_norm"})
 
@@ -494,8 +491,8 @@ _LOSSES: dict[str, LossFn] = {
     "sigmoid_norm": _sigmoid_norm,
 }
 
-LOSS_TYPES: tuple[str, ...] = tuple(_LOSSES)
-"""Every loss type :func:`dpo_loss` accepts (the loss types of TRL's ``DPOTrainer``)."""
+if tuple(_LOSSES) != LOSS_TYPES:  # pragma: no cover - a new loss must be named in config too
+    raise ImportError(f"povidgen.train.config.LOSS_TYPES {LOSS_TYPES} != the losses {_LOSSES}")
 
 _NEEDS_LENGTHS: dict[str, tuple[str, ...]] = {
     "ipo": ("chosen_lengths", "rejected_lengths"),
