@@ -55,7 +55,9 @@ def test_quick_run_measures_every_stage_and_writes_the_report(
 
     # what povidgen build and train wrote, where run.py says
     folder = out / "seed-3"
-    assert (folder / "pairs" / "summary.json").is_file()
+    summary = json.loads((folder / "pairs" / "summary.json").read_text())
+    params = summary["configuration"]["hallucinator"]["params"]
+    assert params["omissions"] == report["settings"]["omissions"] > 0  # the build got it
     lines = (folder / "stage2" / "metrics.jsonl").read_text().splitlines()
     stage2 = [json.loads(line) for line in lines]
     assert "logps/noisy" in stage2[0]  # stage 2 really ran POVID's noisy-image stream

@@ -22,7 +22,8 @@ Per seed:
    POPE (adversarial: absent objects that co-occur with those present) with
    :mod:`povidgen.eval`; 95% bootstrap intervals over images.
 6. ``povidgen build`` on the training scenes' exact answers (the rule hallucinator swaps in
-   co-occurring objects, wrong colours, counts, places; diffusion noise at t = 500).
+   co-occurring objects, wrong colours, counts, places, and with ``Settings.omissions`` leaves
+   one group out of that share of the captions instead; diffusion noise at t = 500).
 7. ``povidgen train --mode text`` (POVID stage 1), merged; measure. Both stages add an NLL
    term on the chosen answer (``--rpo-alpha``, ``Settings.rpo_alpha``).
 8. ``povidgen train --mode povid`` (stage 2) from the merged stage-1 model, merged; measure.
@@ -93,11 +94,12 @@ class Settings:
     sft_lr: float = 2e-3
     projector_lr_scale: float = 5.0
     pairs: int = 2400  # training rows made into pairs (--limit)
+    omissions: float = 0.5  # the rule hallucinator's `omissions`: captions left incomplete
     dpo_batch: int = 8
     stage1_steps: int = 300
     stage2_steps: int = 300
     dpo_lr: float = 2e-4
-    beta: float = 0.1
+    beta: float = 0.2
     rpo_alpha: float = 4.0  # povidgen train --rpo-alpha: NLL of the chosen answer, both stages
     stage1_long: bool = True  # also run stage 1 alone for stage1_steps + stage2_steps
     lora_r: int = 16
@@ -473,6 +475,11 @@ def preference_stages(
         str(seed),
         "--limit",
         str(settings.pairs),
+        *(
+            ["--hallucinator-option", f"omissions={settings.omissions}"]
+            if settings.omissions
+            else []
+        ),
         "--overwrite",
     )
 
