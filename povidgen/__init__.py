@@ -9,9 +9,10 @@ distorter, the collator or the local-model hallucinator brings in PyTorch only w
 touched, and the command line starts without it.
 """
 
-from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from povidgen._lazy import lazy_names
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ below
     from povidgen.distort.base import Distorter
@@ -152,18 +153,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use (PEP 562)."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value  # later lookups find it without coming here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)
 
 
 __all__ = [

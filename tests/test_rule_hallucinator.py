@@ -15,7 +15,7 @@ from PIL import Image
 
 from povidgen.errors import HallucinationError
 from povidgen.hallucinate.rule import RuleHallucinator
-from povidgen.schema import Edit, EditKind, Example, Hallucination
+from povidgen.schema import INJECTED_KINDS, Edit, EditKind, Example, Hallucination
 
 _IMAGE = Image.new("RGB", (8, 8))
 
@@ -471,7 +471,7 @@ def test_params_and_repr() -> None:
     assert params["kinds"] == ["count", "object"]
     assert params["table_version"] == TABLE["version"]
     assert json.loads(json.dumps(params)) == params
-    assert RuleHallucinator().params()["kinds"] == sorted(k.value for k in EditKind)
+    assert RuleHallucinator().params()["kinds"] == sorted(k.value for k in INJECTED_KINDS)
     assert RuleHallucinator.name == "rule"
     assert repr(hallucinator).startswith("RuleHallucinator(min_edits=1")
 

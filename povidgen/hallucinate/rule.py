@@ -122,6 +122,7 @@ from povidgen.errors import HallucinationError
 from povidgen.hallucinate.base import Hallucinator
 from povidgen.hallucinate.lexicon import (
     CURLY_APOSTROPHE,
+    Form,
     Lexicon,
     WordListSource,
     detect_language,
@@ -411,6 +412,21 @@ def _noun_after(
     return None
 
 
+def _object_form(text: str, match: re.Match[str], lexicon: Lexicon) -> Form | None:
+    """The object a match of ``lexicon.object_re`` names, or ``None`` (an unknown form, or
+    "orange" read as the colour)."""
+    form = lexicon.forms.get(norm(match.group()))
+    if form is None:
+        return None
+    if (
+        form.name == "orange"
+        and form.plural is False
+        and _orange_is_colour(text, match.start(), match.end(), lexicon)
+    ):
+        return None
+    return form
+
+
 def _find_candidates(
     text: str, lexicon: Lexicon, kinds: frozenset[EditKind]
 ) -> tuple[list[_Candidate], list[str]]:
@@ -434,14 +450,8 @@ def _find_candidates(
         add(_Candidate(kind, source, start, end, key, plural, _article_start(text, start)))
 
     for match in lexicon.object_re.finditer(text):
-        form = lexicon.forms.get(norm(match.group()))
+        form = _object_form(text, match, lexicon)
         if form is None:
-            continue
-        if (
-            form.name == "orange"
-            and form.plural is False
-            and _orange_is_colour(text, match.start(), match.end(), lexicon)
-        ):
             continue
         plural = form.plural
         if plural is None:
@@ -558,16 +568,9 @@ def _mentions(text: str, start: int, end: int, lexicon: Lexicon) -> list[str]:
     """The object names mentioned in ``text[start:end]`` (not negated), in order."""
     names: list[str] = []
     for match in lexicon.object_re.finditer(text, start, end):
-        form = lexicon.forms.get(norm(match.group()))
-        if form is None or _is_negated(text, match.start(), lexicon):
-            continue
-        if (
-            form.name == "orange"
-            and form.plural is False
-            and _orange_is_colour(text, match.start(), match.end(), lexicon)
-        ):
-            continue
-        names.append(form.name)
+        form = _object_form(text, match, lexicon)
+        if form is not None and not _is_negated(text, match.start(), lexicon):
+            names.append(form.name)
     return names
 
 

@@ -15,8 +15,9 @@ The names below are imported when first used (PEP 562), so that the configuratio
 (:class:`DPOConfig`, :data:`LOSS_TYPES`) and the command line's parser stay free of PyTorch.
 """
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from povidgen._lazy import lazy_names
 
 if TYPE_CHECKING:  # what type checkers and IDEs see; at run time, __getattr__ below
     from povidgen.train.collate import PreferenceBatch, PreferenceCollator, TrainingDataError
@@ -91,18 +92,7 @@ _LAZY: dict[str, str] = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use (PEP 562)."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(module), name)
-    globals()[name] = value  # later lookups find it without coming here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)
 
 
 __all__ = [
