@@ -639,9 +639,11 @@ def _omit_item(text: str, item: _Item, items: list[_Item]) -> _Replacement:
         and previous.join.strip() == ","
         and "and" in item.join
     ):
-        # "A, B and C" without C is "A and B": B's join becomes the one C had.
+        # "A, B and C" without C is "A and B": B's join becomes the one C had ("A, B, and C"
+        # without C is "A and B" too: no serial comma between two).
+        join = " and " if len(items) == 2 else item.join
         original = text[previous.join_start : item.end]
-        injected = item.join + text[previous.start : item.join_start]
+        injected = join + text[previous.start : item.join_start]
         return _Replacement(EditKind.OMISSION, previous.join_start, item.end, original, injected)
     if following is not None and len(items) == 2 and following.join.startswith(", and"):
         # "A, B, and C" without B is "A and C", without the serial comma.
