@@ -669,8 +669,8 @@ class RuleHallucinator(Hallucinator):
         max_edits: the most edits to make (at least ``min_edits``). The number of edits is
             drawn uniformly between the two for each example; the edits that keep a flipped
             yes/no answer coherent may add to it.
-        kinds: the :class:`~povidgen.EditKind` values (or their names) that may be used;
-            every kind when ``None``.
+        kinds: the :class:`~povidgen.EditKind` values (or their names) that may be injected;
+            every kind but ``omission`` (:data:`povidgen.schema.INJECTED_KINDS`) when ``None``.
         word_lists: word lists for answers in another language: a JSON file, a mapping, or a
             list of them, one per language (the format is in
             :mod:`povidgen.hallucinate.lexicon`). Without lists for its language, an answer
