@@ -4,7 +4,8 @@
 format written by the pair builder) as one image. Each row shows the image, the distorted
 image when the dataset has a ``rejected_images`` column, the prompt, the chosen answer and the
 rejected answer, with every injected span of ``provenance.edits`` on a coloured background (one
-colour per edit kind, explained by the legend at the top). :func:`save_preview` writes it to a
+colour per edit kind, explained by the legend at the top); an omission also marks, in the
+chosen answer, the text it left out. :func:`save_preview` writes it to a
 file; ``povidgen preview DIR --out FILE.png`` calls it.
 
 Text is drawn with Pillow's bundled default font, so no font files are needed. That font covers
@@ -46,8 +47,10 @@ EDIT_COLORS: dict[str, RGB] = {
     "spatial": (150, 205, 255),
     "text": (160, 230, 160),
     "reasoning": (245, 170, 230),
+    "omission": (185, 225, 225),
 }
-"""The highlight colour of each edit kind."""
+"""The highlight colour of each edit kind. An omission is shown twice: the text it left out in
+the chosen answer, and what stands in its place in the rejected one."""
 _OTHER_EDIT = (205, 205, 205)  # kinds a future hallucinator may add
 
 _BACKGROUND = (255, 255, 255)
@@ -177,7 +180,7 @@ def _draw_header(shown: int, total: int, distorted: bool, width: int, fonts: _Fo
 
     # The legend: one swatch per edit kind, wrapped onto a second line only if needed.
     x = _MARGIN
-    label = "injected spans:"
+    label = "edits:"
     draw.text((x, y), label, font=fonts.small, fill=_MUTED)
     x += int(fonts.small.getlength(label)) + 10
     for kind, color in EDIT_COLORS.items():
@@ -215,6 +218,7 @@ def _draw_row(
     raw_rejected = _message_text(row.get("rejected"))
     # Spans index the raw text; _clean keeps every character's position, so they still apply.
     spans = _edit_spans(row.get("provenance"), raw_rejected)
+    left_out = _omitted_spans(row.get("provenance"), _message_text(row.get("chosen")))
     rejected = _clean(raw_rejected, fonts.body)
 
     prompt_lines = _wrap(prompt, fonts.body, text_w)
@@ -240,7 +244,7 @@ def _draw_row(
     y = answers_top
     draw.text((text_x, y), "chosen", font=fonts.small, fill=_CHOSEN_INK)
     draw.text((text_x + half_w + _GAP, y), "rejected", font=fonts.small, fill=_REJECTED_INK)
-    _draw_lines(draw, text_x, y + small_h, chosen, chosen_lines, fonts.body, [])
+    _draw_lines(draw, text_x, y + small_h, chosen, chosen_lines, fonts.body, left_out)
     _draw_lines(
         draw, text_x + half_w + _GAP, y + small_h, rejected, rejected_lines, fonts.body, spans
     )
@@ -393,6 +397,22 @@ def _edit_spans(provenance: Any, rejected: str) -> list[_Span]:
         _Span(start, end, EDIT_COLORS.get(kind, _OTHER_EDIT))
         for start, end, kind in edit_spans(rejected, provenance.get("edits") or [])
     ]
+
+
+def _omitted_spans(provenance: Any, chosen: str) -> list[_Span]:
+    """The spans of ``chosen`` that the row's omission edits left out of the rejected answer
+    (each edit's ``original``, found by text; skipped when it is not there)."""
+    if not isinstance(provenance, Mapping):
+        return []
+    spans = []
+    for edit in provenance.get("edits") or []:
+        if not isinstance(edit, Mapping) or edit.get("kind") != "omission":
+            continue
+        original = str(edit.get("original") or "")
+        found = chosen.find(original) if original else -1
+        if found >= 0:
+            spans.append(_Span(found, found + len(original), EDIT_COLORS["omission"]))
+    return spans
 
 
 def _first_image(value: Any) -> Image.Image | None:

@@ -148,6 +148,24 @@ def test_injected_spans_are_highlighted(pairs: Dataset) -> None:
         assert count_color(marked, EDIT_COLORS[kind]) > count_color(plain, EDIT_COLORS[kind]), kind
 
 
+def test_omissions_are_marked_in_both_answers() -> None:
+    chosen = "The image shows two red books on the left, a blue cup at the top and a kite."
+    rejected = "The image shows two red books on the left and a blue cup at the top."
+    left_out = ", a blue cup at the top and a kite"
+
+    def sheet(original: str, *, with_edits: bool = True) -> PILImage.Image:
+        edits = edits_for(rejected, ("omission", original, " and a blue cup at the top"))
+        one = row(0, "Describe.", chosen, rejected, edits if with_edits else [], distorted=False)
+        return render_preview(Dataset.from_list([one], features=features(distorted=False)))
+
+    color = EDIT_COLORS["omission"]
+    legend_only = count_color(sheet(left_out, with_edits=False), color)
+    # an original not in the chosen answer (hand-edited data): only the rejected span is marked
+    rejected_only = count_color(sheet("a text the chosen answer does not hold"), color)
+    both = count_color(sheet(left_out), color)
+    assert legend_only < rejected_only < both
+
+
 def test_takes_the_first_n_rows() -> None:
     many = make_pairs(n=5)
     one = render_preview(many, n=1)
