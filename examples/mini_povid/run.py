@@ -23,7 +23,8 @@ Per seed:
    :mod:`povidgen.eval`; 95% bootstrap intervals over images.
 6. ``povidgen build`` on the training scenes' exact answers (the rule hallucinator swaps in
    co-occurring objects, wrong colours, counts, places, and with ``Settings.omissions`` leaves
-   one group out of that share of the captions instead; diffusion noise at t = 500).
+   one group out of that share of the captions instead; diffusion noise at
+   t = ``Settings.noise_step``, 500).
 7. ``povidgen train --mode text`` (POVID stage 1), merged; measure. Both stages add an NLL
    term on the chosen answer (``--rpo-alpha``, ``Settings.rpo_alpha``).
 8. ``povidgen train --mode povid`` (stage 2) from the merged stage-1 model, merged; measure.
@@ -95,6 +96,7 @@ class Settings:
     projector_lr_scale: float = 5.0
     pairs: int = 2400  # training rows made into pairs (--limit)
     omissions: float = 0.5  # the rule hallucinator's `omissions`: captions left incomplete
+    noise_step: int = 500  # povidgen build --noise-step: the diffusion step of stage 2's image
     dpo_batch: int = 8
     stage1_steps: int = 300
     stage2_steps: int = 300
@@ -480,6 +482,8 @@ def preference_stages(
             if settings.omissions
             else []
         ),
+        "--noise-step",
+        str(settings.noise_step),
         "--overwrite",
     )
 
