@@ -264,13 +264,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"row 0's distorted PNG: the floor's {'==' if same else '!='} the build's")
         ratio = one_s / best_floor.total
         print(
-            f"build on 1 core / floor: {ratio:.2f}x the floor's time "
+            f"build on 1 core / floor: {ratio:.3f}x the floor's time "
             f"(target <= 1.30: {'met' if ratio <= 1.3 else 'NOT met'})"
         )
         if two:
             speedup = one_s / two_s
             print(
-                f"2 cores / 1 core: {speedup:.2f}x faster "
+                f"2 cores / 1 core: {speedup:.3f}x faster "
                 f"(target >= 1.70: {'met' if speedup >= 1.7 else 'NOT met'})"
             )
         else:
