@@ -10,6 +10,7 @@ import contextlib
 import gc
 import logging
 import math
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -445,6 +446,35 @@ def _build_config(args: argparse.Namespace) -> BuildConfig:
 
 
 @contextlib.contextmanager
+def _torch_threads_shared(workers: int, provider: str) -> Iterator[None]:
+    """While a build runs, give torch's intra-op pool only the image workers' share of the
+    CPUs: ``max(1, CPUs // workers)`` threads (never more than it had). Restored afterwards.
+
+    The ``workers`` threads already distort and encode rows side by side, one per CPU by
+    default, and each worker's noise ops would otherwise start a team of as many threads as
+    there are CPUs: the cores are oversubscribed and the idle team threads spin. On 2 cores a
+    rule + diffusion build ran about 6% faster with one intra-op thread
+    (``benchmarks/build_throughput.py``). Left alone for the ``transformers`` provider, whose
+    model runs on that pool, and where torch is not loaded (no distorter needs it).
+    """
+    torch = sys.modules.get("torch")
+    if torch is None or provider == "transformers" or workers < 2:
+        yield
+        return
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    before = torch.get_num_threads()
+    wanted = max(1, min(before, (cpus or 1) // workers))
+    if wanted == before:
+        yield
+        return
+    torch.set_num_threads(wanted)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
 def _heap_frozen() -> Iterator[None]:
     """Leave what is alive now out of the garbage collector's full passes while a build runs.
 
@@ -535,7 +565,11 @@ def _build(args: argparse.Namespace) -> int:
     )
     out = config.out
     try:
-        with _terminate_as_interrupt(), _heap_frozen():
+        with (
+            _terminate_as_interrupt(),
+            _heap_frozen(),
+            _torch_threads_shared(builder.workers, config.provider),
+        ):
             report = builder.run(
                 out,
                 overwrite=config.overwrite,

@@ -199,3 +199,73 @@ def test_a_build_runs_with_the_heap_frozen_and_unfreezes_it(
     assert main(["build", "--demo", "--demo-size", "2", "--out", str(tmp_path / "pairs")]) == 0
     assert frozen[0] > before
     assert gc.get_freeze_count() == before
+
+
+@pytest.mark.parametrize(
+    ("cpus", "workers", "provider", "during"),
+    [
+        (4, 2, "rule", 2),  # each of 2 workers gets its share of 4 CPUs
+        (4, 4, "rule", 1),
+        (2, 3, "rule", 1),  # more workers than CPUs: still one thread, never zero
+        (8, 2, "rule", 3),  # never more threads than torch had
+        (4, 1, "rule", 3),  # one worker: left alone
+        (4, 4, "transformers", 3),  # the local model runs on that pool: left alone
+    ],
+)
+def test_a_build_shares_torchs_threads_between_its_workers(
+    monkeypatch: pytest.MonkeyPatch,
+    cpus: int,
+    workers: int,
+    provider: str,
+    during: int,
+) -> None:
+    """Each image worker gets ``CPUs // workers`` torch intra-op threads while a build runs
+    (its noise ops otherwise oversubscribed the cores), and torch gets its own back after."""
+    import os
+
+    import torch
+
+    from povidgen.cli import _torch_threads_shared
+
+    saved = torch.get_num_threads()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(cpus)), raising=False)
+    try:
+        torch.set_num_threads(3)
+        with _torch_threads_shared(workers, provider):
+            assert torch.get_num_threads() == during
+        assert torch.get_num_threads() == 3
+        with pytest.raises(RuntimeError), _torch_threads_shared(workers, provider):
+            raise RuntimeError("the build failed")
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(saved)
+
+
+def test_a_build_runs_with_torchs_threads_shared(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI's build runs inside the thread share (two workers on four CPUs: two each)."""
+    import os
+
+    import torch
+
+    from povidgen.pairs.builder import PairBuilder
+
+    seen: list[int] = []
+    run = PairBuilder.run
+
+    def recording(self: PairBuilder, *args: object, **kwargs: object) -> object:
+        seen.append(torch.get_num_threads())
+        return run(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    saved = torch.get_num_threads()
+    monkeypatch.setattr(PairBuilder, "run", recording)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1, 2, 3}, raising=False)
+    try:
+        torch.set_num_threads(4)
+        out = str(tmp_path / "pairs")
+        assert main(["build", "--demo", "--demo-size", "2", "--workers", "2", "--out", out]) == 0
+        assert seen == [2]
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(saved)
