@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import datasets
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from povidgen.cli import main
 from povidgen.sources.demo import (
     CAPTION_PROMPT,
+    POSITIONS,
     Scene,
     SceneObject,
     caption,
@@ -145,6 +147,34 @@ def test_web_noise_mentions_absent_objects_only_in_web_answers() -> None:
     assert changed > 15
 
 
+def test_place_order_lists_the_same_scenes_groups_by_place() -> None:
+    """``group_order="place"``: the same scenes, pictures and splits, each scene's groups
+    listed left, right, top, bottom, center in its ``scene`` and caption."""
+    common: dict[str, Any] = {"seed": 2, "cooccurrence": 0.8, "qa_per_scene": 1, "size": 64}
+    drawn = generate_scenes(24, **common)
+    placed = generate_scenes(24, group_order="place", **common)
+    reordered = 0
+    for name in ("train", "test"):
+        a_rows = drawn[name].cast_column("image", datasets.Image(decode=False))
+        b_rows = placed[name].cast_column("image", datasets.Image(decode=False))
+        for a, b in zip(a_rows, b_rows, strict=True):
+            assert a["id"] == b["id"]
+            assert a["image"]["bytes"] == b["image"]["bytes"]
+            groups = list(parse_scene(b["scene"]).objects)
+            by_place = sorted(parse_scene(a["scene"]).objects, key=_place)
+            assert groups == by_place
+            if a["task"] == "caption":
+                assert b["answer"] == caption(parse_scene(b["scene"]))
+                reordered += a["answer"] != b["answer"]
+    assert reordered > 0
+    with pytest.raises(ValueError, match="group_order"):
+        generate_scenes(10, group_order="size")  # type: ignore[arg-type]
+
+
+def _place(group: SceneObject) -> int:
+    return POSITIONS.index(group.position)
+
+
 def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="n"):
         generate_scenes(1)
@@ -165,6 +195,13 @@ def test_cli_writes_scenes_that_povidgen_build_reads(
     assert "train:  8 scenes, 16 rows" in capsys.readouterr().out
     marker = json.loads((out / SCENES_MARKER).read_text())
     assert marker["settings"]["cooccurrence"] == 0.6
+    assert marker["settings"]["group_order"] == "random"
+    placed = tmp_path / "placed"
+    assert main(["scenes", "--n", "4", "--out", str(placed), "--group-order", "place"]) == 0
+    capsys.readouterr()
+    assert json.loads((placed / SCENES_MARKER).read_text())["settings"]["group_order"] == "place"
+    assert main(["scenes", "--n", "4", "--out", str(placed), "--group-order", "size"]) == 2
+    assert "--group-order" in capsys.readouterr().err
     assert marker["splits"] == {
         "train": {"rows": 16, "scenes": 8},
         "test": {"rows": 4, "scenes": 2},

@@ -50,7 +50,7 @@ import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 HERE = Path(__file__).resolve().parent
 STAGES = ("sft", "stage1", "stage2")
@@ -79,6 +79,7 @@ class Settings:
     test_scenes: int = 300
     cooccurrence: float = 0.8  # P(a further object co-occurs with one already there)
     web_noise: float = 0.5  # P(a web caption also names an absent co-occurring object)
+    group_order: Literal["random", "place"] = "random"  # povidgen scenes --group-order
     qa_per_scene: int = 2
     yes_no_per_scene: int = 0  # extra SFT rows per scene: "Is there a X in the image?" Yes./No.
     image_size: int = 64
@@ -529,6 +530,7 @@ def run_seed(settings: Settings, seed: int, out: Path) -> dict[str, Any]:
         web_noise=settings.web_noise,
         qa_per_scene=settings.qa_per_scene,
         size=settings.image_size,
+        group_order=settings.group_order,
         out_dir=scenes_dir,
         overwrite=True,
     )

@@ -3,7 +3,8 @@
 ::
 
     povidgen scenes --n 2000 --seed 0 --out DIR [--held-out 0.2] [--cooccurrence P]
-        [--web-noise Q] [--qa-per-scene K] [--size PX] [--overwrite]
+        [--web-noise Q] [--qa-per-scene K] [--size PX] [--group-order random|place]
+        [--overwrite]
 
 ``DIR`` receives a ``datasets`` ``save_to_disk`` folder with the splits ``train`` and ``test``
 (see :mod:`povidgen.sources.scenes` for the rows and columns) and ``povidgen-scenes.json``, the
@@ -92,6 +93,13 @@ def add_parser(subcommands: argparse._SubParsersAction[Any]) -> None:
         "--size", type=_number(int, 64, 1024), default=256, metavar="PX", help="image size"
     )
     parser.add_argument(
+        "--group-order",
+        choices=("random", "place"),
+        default="random",
+        help="order of a scene's groups in its captions: random (as drawn, the default) or "
+        "place (left, right, top, bottom, center)",
+    )
+    parser.add_argument(
         "--overwrite", action="store_true", help="replace scenes an earlier run wrote to --out"
     )
     parser.set_defaults(run=run)
@@ -111,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
             web_noise=args.web_noise,
             qa_per_scene=args.qa_per_scene,
             size=args.size,
+            group_order=args.group_order,
             out_dir=args.out,
             overwrite=args.overwrite,
         )

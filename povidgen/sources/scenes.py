@@ -25,6 +25,10 @@ Two options make the data behave like web data, for hallucination experiments
   place. When every class that co-occurs with the scene's groups is already there, the caption
   stays true. ``answer`` always holds the exact caption; QA rows have ``web_answer == answer``.
 
+``group_order`` (``"random"`` or ``"place"``) sets the order in which a scene's groups are
+listed (in ``scene`` and in the captions): as drawn, or by place (left, right, top, bottom,
+center). The scenes, pictures and splits do not change with it.
+
 Columns (one row per caption or question): ``id`` (``"scene-000042"`` for the caption,
 ``"scene-000042-qa0"``... for the questions), ``scene_id``, ``image`` (a ``datasets.Image``,
 PNG), ``prompt``, ``answer``, ``web_answer``, ``task`` (``"caption"`` or ``"qa"``),
@@ -48,7 +52,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -117,6 +121,9 @@ class SceneSettings(BaseModel):
         web_noise: the probability that a caption's ``web_answer`` adds an absent object.
         qa_per_scene: question/answer rows per scene besides its caption.
         size: the images' width and height in pixels.
+        group_order: the order of a scene's groups, in its captions and ``scene`` JSON:
+            ``random`` (as drawn) or ``place`` (left, right, top, bottom, center; a web
+            caption's added group still goes anywhere in the list).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -128,6 +135,7 @@ class SceneSettings(BaseModel):
     web_noise: Annotated[float, Field(ge=0, le=1)] = 0.0
     qa_per_scene: Annotated[int, Field(ge=0, le=64)] = 1
     size: Annotated[int, Field(ge=64, le=1024)] = 256
+    group_order: Literal["random", "place"] = "random"
 
     @property
     def test_scenes(self) -> int:
@@ -166,10 +174,15 @@ def _cooccurring_scene(index: int, seed: int, p: float, size: int) -> Scene:
 def _scene(index: int, settings: SceneSettings) -> Scene:
     if settings.cooccurrence == 0:
         scene = make_scene(index, settings.seed)
-        if settings.size == scene.width == scene.height:
-            return scene
-        return scene.model_copy(update={"width": settings.size, "height": settings.size})
-    return _cooccurring_scene(index, settings.seed, settings.cooccurrence, settings.size)
+        if settings.size != scene.width or settings.size != scene.height:
+            scene = scene.model_copy(update={"width": settings.size, "height": settings.size})
+    else:
+        scene = _cooccurring_scene(index, settings.seed, settings.cooccurrence, settings.size)
+    if settings.group_order == "place":
+        # the same scene (same picture), its groups listed in a fixed order of places
+        groups = sorted(scene.objects, key=lambda group: POSITIONS.index(group.position))
+        scene = scene.model_copy(update={"objects": groups})
+    return scene
 
 
 def _distinct_scenes(settings: SceneSettings) -> Iterator[tuple[int, Scene]]:
@@ -303,6 +316,7 @@ def generate_scenes(
     web_noise: float = 0.0,
     qa_per_scene: int = 1,
     size: int = 256,
+    group_order: Literal["random", "place"] = "random",
     out_dir: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
 ) -> datasets.DatasetDict:
@@ -329,6 +343,7 @@ def generate_scenes(
         web_noise=web_noise,
         qa_per_scene=qa_per_scene,
         size=size,
+        group_order=group_order,
     )
     if out_dir is not None:
         _check_out(Path(out_dir), overwrite=overwrite)
