@@ -8,7 +8,8 @@ Per seed:
 1. **Scenes** (:func:`povidgen.sources.scenes.generate_scenes`): synthetic scenes whose object
    classes co-occur (cup with book, kite with umbrella...), split into train and test scenes.
    Their ``web_answer`` captions mention, some of the time, an absent object that co-occurs
-   with one present, as web captions do.
+   with one present, as web captions do. Captions list the groups by place
+   (``Settings.group_order``).
 2. **A tiny LLaVA from scratch**: ``LlavaForConditionalGeneration`` from a config (a CLIP
    vision tower, 64x64 images in 16x16 patches, and a small Llama), with the tokenizer and
    chat template of :func:`povidgen.train.tiny.tiny_vlm`.
@@ -79,7 +80,7 @@ class Settings:
     test_scenes: int = 300
     cooccurrence: float = 0.8  # P(a further object co-occurs with one already there)
     web_noise: float = 0.5  # P(a web caption also names an absent co-occurring object)
-    group_order: Literal["random", "place"] = "random"  # povidgen scenes --group-order
+    group_order: Literal["random", "place"] = "place"  # povidgen scenes --group-order
     qa_per_scene: int = 2
     yes_no_per_scene: int = 0  # extra SFT rows per scene: "Is there a X in the image?" Yes./No.
     image_size: int = 64
