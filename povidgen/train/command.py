@@ -41,7 +41,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from povidgen.errors import PovidgenError
-from povidgen.train.config import DPOConfig
+from povidgen.train.config import DPOConfig, required_columns
+from povidgen.train.run_folder import (
+    CHECKPOINTS,
+    METRICS_FILE,
+    STATE_FILE,
+    checkpoints,
+    resume_key,
+)
 
 if TYPE_CHECKING:
     import datasets
@@ -311,11 +318,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, session: _Session) -> int:
-    from povidgen.train.trainer import (  # torch: only once training
-        CHECKPOINTS,
-        METRICS_FILE,
-        DPOTrainer,
-    )
+    from povidgen.train.trainer import DPOTrainer  # torch: only once training
 
     config = _settings(args)
     device, dtype_name = _machine(args)
@@ -400,8 +403,6 @@ class _FirstInterrupt:
 
 def _interrupted(out: Path | None) -> int:
     """Say how to go on after Ctrl-C."""
-    from povidgen.train.trainer import CHECKPOINTS, checkpoints  # torch: only once training
-
     if out is not None and checkpoints(out / CHECKPOINTS):
         print(
             "povidgen: interrupted; rerun with --resume to continue from the last checkpoint",
@@ -595,8 +596,6 @@ def _check_model(path: Path) -> Path:
 
 
 def _latest_checkpoint(out: Path) -> Path | None:
-    from povidgen.train.trainer import CHECKPOINTS, checkpoints  # torch: only once training
-
     found = checkpoints(out / CHECKPOINTS)
     return found[-1] if found else None
 
@@ -645,8 +644,6 @@ def _check_out(out: Path, data: Path, *, resume: bool) -> Path:
 
 def _check_resumable(out: Path, config: DPOConfig) -> None:
     """With ``--resume``: the newest checkpoint was made with the same settings."""
-    from povidgen.train.trainer import STATE_FILE, resume_key  # torch: only once training
-
     checkpoint = _latest_checkpoint(out)
     assert checkpoint is not None
     try:
@@ -725,8 +722,6 @@ def _load_data(path: Path, split: str | None) -> datasets.Dataset:
 
 
 def _check_columns(data: datasets.Dataset, config: DPOConfig) -> None:
-    from povidgen.train.trainer import required_columns  # torch: only once training
-
     columns = list(data.column_names)
     # povid mode without rejected images falls back to diffusion noise (see DPOConfig)
     has_distorter = config.distorter is not None or config.mode in ("povid", "auto")
@@ -777,7 +772,6 @@ def _start_run(
 ) -> None:
     """Write the marker (first thing in the folder) and tidy what a fresh start replaces."""
     from povidgen import __version__
-    from povidgen.train.trainer import METRICS_FILE  # torch: only once training
 
     out.mkdir(parents=True, exist_ok=True)
     data_path = str(args.data.resolve())

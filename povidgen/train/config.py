@@ -185,3 +185,13 @@ class DPOConfig(BaseModel):
         if self.ref is not None:
             return self.ref
         return "copy" if self.full else "adapter"
+
+
+def required_columns(mode: str, has_distorter: bool) -> list[str]:
+    """The dataset columns a mode needs."""
+    columns = ["images", "prompt", "chosen"]
+    if mode in ("text", "povid", "auto"):
+        columns.append("rejected")
+    if mode == "image" and not has_distorter:
+        columns.append("rejected_images")
+    return columns

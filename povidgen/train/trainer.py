@@ -45,7 +45,7 @@ import torch
 from torch import Tensor, nn
 
 from povidgen.train.collate import PreferenceBatch, PreferenceCollator, TrainingDataError
-from povidgen.train.config import DPOConfig
+from povidgen.train.config import DPOConfig, required_columns
 from povidgen.train.families import family_of, unwrap_model, unwrap_peft, vision_is_frozen
 from povidgen.train.losses import dpo_loss, pair_mode_loss, povid_loss
 from povidgen.train.reference import (
@@ -53,17 +53,21 @@ from povidgen.train.reference import (
     model_fingerprint,
     score_reference,
 )
+from povidgen.train.run_folder import (
+    CHECKPOINTS,
+    METRICS_FILE,
+    STATE_FILE,
+    checkpoints,
+    resume_key,
+)
 from povidgen.train.step import Scorer, Scores
 
 __all__ = ["DPOTrainer", "TrainResult"]
 
 logger = logging.getLogger("povidgen")
 
-METRICS_FILE = "metrics.jsonl"
 SAVE_MARKER = "povidgen-save.json"
 """Written into every :meth:`DPOTrainer.save` folder, so a later save may replace it."""
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "trainer_state.json"
 _KEEP_CHECKPOINTS = 2
 
 
@@ -103,16 +107,6 @@ class _Policy(nn.Module):
         # forward for backward, and a view output can lose that hook
         noisy = None if scores.noisy is None else scores.noisy.clone()
         return scores.chosen.clone(), scores.rejected.clone(), noisy
-
-
-def required_columns(mode: str, has_distorter: bool) -> list[str]:
-    """The dataset columns a mode needs."""
-    columns = ["images", "prompt", "chosen"]
-    if mode in ("text", "povid", "auto"):
-        columns.append("rejected")
-    if mode == "image" and not has_distorter:
-        columns.append("rejected_images")
-    return columns
 
 
 def _column_names(dataset: Any) -> list[str]:
@@ -986,18 +980,6 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def checkpoints(root: Path) -> list[Path]:
-    """The finished checkpoints ``step-N`` under ``root``, oldest first."""
-    if not root.is_dir():
-        return []
-    found = [
-        p
-        for p in root.iterdir()
-        if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()
-    ]
-    return sorted(found, key=lambda p: int(p.name[5:]))
-
-
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop the records a killed run logged after its last checkpoint (they are redone)."""
     if not path.is_file():
@@ -1012,14 +994,6 @@ def _truncate_metrics(path: Path, step: int) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
     os.replace(tmp, path)
-
-
-def resume_key(config: DPOConfig) -> dict[str, Any]:
-    """The settings a resumed run must share with the run it continues."""
-    data = config.model_dump(mode="json")
-    for free in ("max_steps", "save_steps", "logging_steps", "report_to", "num_workers"):
-        data.pop(free, None)
-    return data
 
 
 def _distributed() -> tuple[int, int]:
